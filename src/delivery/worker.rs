@@ -1,0 +1,525 @@
+//! The workers: claim a batch of due messages (caps checked in the claim), send each one under
+//! the attempt timeout while a heartbeat keeps the batch's leases alive, and write the outcome
+//! back, fenced by the lease version.
+//!
+//! Consent is checked again just before sending: a user who unsubscribed after the decision is
+//! not messaged (the message is cancelled, its assignment `suppressed`).
+//!
+//! Shutdown: once cancelled, a worker finishes the send in flight, hands the rest of its batch
+//! back unsent ([`Store::release`]) and exits; nothing half-done is left leased.
+
+use std::{collections::HashSet, sync::Arc, time::Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::{sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    DeliveryConfig, DeliveryError, SendError, email::EmailSender, health::TransportHealth,
+    install_crypto_provider, push::PushSender, retry::NextAttempt,
+};
+use crate::{
+    clock::SharedClock,
+    outbox::Payload,
+    rules::RulesHandle,
+    store::{CapRules, ClaimedMessage, Store},
+};
+
+/// What one batch (or one idle run) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Messages leased for sending.
+    pub claimed: usize,
+    pub sent: usize,
+    pub retried: usize,
+    pub failed: usize,
+    /// Stopped by a frequency cap at claim time (never sent).
+    pub capped: usize,
+    /// Sent or failed, but another worker had taken the lease over: the outcome was not recorded.
+    pub fenced: usize,
+    /// Handed back unsent at shutdown.
+    pub released: usize,
+    /// Not sent: the user unsubscribed or withdrew consent after the decision.
+    pub suppressed: usize,
+}
+
+impl BatchReport {
+    fn add(&mut self, other: BatchReport) {
+        self.claimed += other.claimed;
+        self.sent += other.sent;
+        self.retried += other.retried;
+        self.failed += other.failed;
+        self.capped += other.capped;
+        self.fenced += other.fenced;
+        self.released += other.released;
+        self.suppressed += other.suppressed;
+    }
+}
+
+/// How an attempt ended, for the report.
+enum Outcome {
+    Sent,
+    Retried,
+    Failed,
+    Fenced,
+    Suppressed,
+}
+
+/// Delivery of the outbox: the workers, the transports and what they share.
+pub struct Delivery {
+    store: Store,
+    rules: Arc<RulesHandle>,
+    clock: SharedClock,
+    wake: Arc<Notify>,
+    config: DeliveryConfig,
+    lease: chrono::Duration,
+    email: EmailSender,
+    push: PushSender,
+    health: Arc<TransportHealth>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("config", &self.config)
+            .field("email", &self.email.target())
+            .field("push", &self.push.target())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// Checks the configuration and builds the transports; refuses to start on anything wrong
+    /// (an attempt timeout not shorter than the lease, a bad URL or sender, an unwritable outbox
+    /// folder). `outbox_ready` is the engine's [`crate::engine::Engine::outbox_ready`]. Call
+    /// inside a Tokio runtime (the SMTP pool starts a background task).
+    pub fn new(
+        store: Store,
+        rules: Arc<RulesHandle>,
+        clock: SharedClock,
+        outbox_ready: Arc<Notify>,
+        config: DeliveryConfig,
+    ) -> Result<Delivery, DeliveryError> {
+        config.validate()?;
+        install_crypto_provider();
+        let lease = chrono::Duration::from_std(config.lease)
+            .map_err(|_| DeliveryError::Config(format!("lease {:?} is too long", config.lease)))?;
+        let email = EmailSender::new(&config)?;
+        let push = PushSender::new(&config)?;
+        Ok(Delivery {
+            store,
+            rules,
+            clock,
+            wake: outbox_ready,
+            config,
+            lease,
+            email,
+            push,
+            health: Arc::new(TransportHealth::default()),
+        })
+    }
+
+    /// Reports transport health into `health` (the one `/healthz` reads) instead of its own.
+    pub fn with_health(mut self, health: Arc<TransportHealth>) -> Delivery {
+        self.health = health;
+        self
+    }
+
+    /// What recent attempts said about the SMTP server and the push gateway.
+    pub fn health(&self) -> &Arc<TransportHealth> {
+        &self.health
+    }
+
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
+    /// Runs `config.workers` workers until `cancel`; each claims and sends batches, and waits for
+    /// `outbox_ready` or the poll interval when nothing is due. Returns once every worker has
+    /// finished its send in flight and handed the rest of its batch back.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        tracing::info!(
+            workers = self.config.workers,
+            email = %self.email.target(),
+            push = %self.push.target(),
+            "DeliveryStarted"
+        );
+        let mut workers = JoinSet::new();
+        for n in 0..self.config.workers {
+            let me = self.clone();
+            let cancel = cancel.clone();
+            workers.spawn(async move { me.work(n, cancel).await });
+        }
+        let gauges = {
+            let me = self.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { me.publish_counts(cancel).await })
+        };
+        while let Some(done) = workers.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "DeliveryWorkerPanicked");
+            }
+        }
+        let _ = gauges.await;
+        tracing::info!("DeliveryStopped");
+    }
+
+    /// One worker's loop.
+    async fn work(&self, n: usize, cancel: CancellationToken) {
+        let owner = format!("{}/w{n}", self.config.node_id);
+        while !cancel.is_cancelled() {
+            // Registered before claiming, so a notification that arrives while we claim is kept.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.run_batch(&owner, Some(&cancel)).await {
+                Ok(report) if report.claimed + report.capped > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, worker = %owner, "DeliveryClaimFailed: will retry"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(self.config.poll) => {}
+            }
+        }
+    }
+
+    /// Keeps `nudge_outbox_messages{channel,status}` current.
+    async fn publish_counts(&self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.store.outbox_counts().await {
+                Ok(counts) => {
+                    for c in counts {
+                        metrics::gauge!("nudge_outbox_messages", "channel" => c.channel, "status" => c.status)
+                            .set(c.count as f64);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "OutboxCountFailed"),
+            }
+        }
+    }
+
+    /// Claims one batch and works it, as worker 0 of this node.
+    pub async fn run_once(&self) -> Result<BatchReport, DeliveryError> {
+        self.run_batch(&format!("{}/w0", self.config.node_id), None).await
+    }
+
+    /// Works batches until nothing is due at the clock's current time (tests, `nudge` one-shot
+    /// commands); one worker, so sends happen in claim order. Returns how many messages were sent.
+    /// Retries scheduled for later are left for a later call.
+    pub async fn run_until_idle(&self) -> Result<usize, DeliveryError> {
+        Ok(self.run_until_idle_report().await?.sent)
+    }
+
+    /// Like [`run_until_idle`](Self::run_until_idle), with the whole tally.
+    pub async fn run_until_idle_report(&self) -> Result<BatchReport, DeliveryError> {
+        let mut total = BatchReport::default();
+        loop {
+            let report = self.run_once().await?;
+            if report.claimed + report.capped == 0 {
+                return Ok(total);
+            }
+            total.add(report);
+        }
+    }
+
+    async fn run_batch(
+        &self,
+        owner: &str,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<BatchReport, DeliveryError> {
+        let caps = CapRules::from_rules(&self.rules.current());
+        let claim = self
+            .store
+            .claim_due_messages(owner, self.clock.now(), self.lease, self.config.batch, &caps)
+            .await?;
+        let mut report = BatchReport {
+            claimed: claim.messages.len(),
+            capped: claim.capped.len(),
+            ..BatchReport::default()
+        };
+        for c in &claim.capped {
+            metrics::counter!("nudge_messages_total", "channel" => c.channel.clone(), "status" => "capped")
+                .increment(1);
+            tracing::info!(
+                outbox_id = c.id,
+                campaign = %c.campaign_id,
+                user = %c.user_id,
+                channel = %c.channel,
+                reason = %c.reason,
+                "MessageCapped"
+            );
+        }
+        let mut lost = HashSet::new();
+        for (i, msg) in claim.messages.iter().enumerate() {
+            if cancel.is_some_and(CancellationToken::is_cancelled) {
+                for rest in &claim.messages[i..] {
+                    if !lost.contains(&rest.id) && self.store.release(rest.id, rest.lease_version).await? {
+                        report.released += 1;
+                    }
+                }
+                break;
+            }
+            if lost.contains(&msg.id) {
+                // Another worker took it over while we were busy with earlier messages.
+                report.fenced += 1;
+                continue;
+            }
+            match self.attempt(msg, &claim.messages[i + 1..], &mut lost).await? {
+                Outcome::Sent => report.sent += 1,
+                Outcome::Retried => report.retried += 1,
+                Outcome::Failed => report.failed += 1,
+                Outcome::Fenced => report.fenced += 1,
+                Outcome::Suppressed => report.suppressed += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// One attempt at one message, heartbeating the leases of `msg` and of the `waiting` rest of
+    /// the batch while the send is in flight.
+    async fn attempt(
+        &self,
+        msg: &ClaimedMessage,
+        waiting: &[ClaimedMessage],
+        lost: &mut HashSet<i64>,
+    ) -> Result<Outcome, DeliveryError> {
+        if let Some(reason) = self.no_longer_reachable(msg).await? {
+            return self.suppress(msg, &reason).await;
+        }
+        let started = Instant::now();
+        let result = if msg.attempt > self.config.retry.max_attempts {
+            // Only reachable when earlier attempts died with their worker (lease expired).
+            Err(SendError::permanent(format!(
+                "no attempts left: {} attempts started, the last ones were interrupted",
+                msg.attempt - 1
+            )))
+        } else {
+            let send = self.send(msg);
+            tokio::pin!(send);
+            let every = self.config.lease / 3;
+            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    r = &mut send => break r,
+                    _ = beat.tick() => self.heartbeat(msg, waiting, lost).await,
+                }
+            }
+        };
+        metrics::histogram!("nudge_send_seconds", "channel" => msg.channel.clone())
+            .record(started.elapsed().as_secs_f64());
+        let transport = match &result {
+            Err(SendError::Transient { reason, .. }) => Err(reason.as_str()),
+            _ => Ok(()),
+        };
+        self.health.record(&msg.channel, transport, self.clock.now());
+        self.record(msg, result).await
+    }
+
+    /// Sends through the message's channel, after its rate limit, within the attempt timeout.
+    async fn send(&self, msg: &ClaimedMessage) -> Result<(), SendError> {
+        let payload: Payload = serde_json::from_str(&msg.payload)
+            .map_err(|e| SendError::permanent(format!("stored payload is not a valid message: {e}")))?;
+        let timeout = self.config.attempt_timeout;
+        let timed_out = || SendError::transient(format!("send timed out after {timeout:?}"));
+        match (&payload, msg.channel.as_str()) {
+            (Payload::Email(p), "email") => {
+                self.email.ready().await;
+                tokio::time::timeout(timeout, self.email.send(&msg.recipient, &msg.idempotency_key, p))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()))
+            }
+            (Payload::Push(p), "push") => {
+                self.push.ready().await;
+                tokio::time::timeout(timeout, self.push.send(&msg.recipient, &msg.idempotency_key, p))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()))
+            }
+            (_, channel) => Err(SendError::permanent(format!(
+                "payload does not match the message's channel `{channel}`"
+            ))),
+        }
+    }
+
+    /// Extends the leases still held; a lease found taken over is marked lost.
+    async fn heartbeat(&self, msg: &ClaimedMessage, waiting: &[ClaimedMessage], lost: &mut HashSet<i64>) {
+        let until = self.clock.now() + self.lease;
+        for m in std::iter::once(msg).chain(waiting) {
+            if lost.contains(&m.id) {
+                continue;
+            }
+            match self.store.extend_lease(m.id, m.lease_version, until).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(outbox_id = m.id, "MessageLeaseLost: another worker took it over");
+                    lost.insert(m.id);
+                }
+                // The lease may still be ours; the next beat tries again.
+                Err(e) => tracing::warn!(outbox_id = m.id, error = %e, "LeaseExtendFailed"),
+            }
+        }
+    }
+
+    /// Writes the attempt's outcome back, with its metric and tracing event.
+    async fn record(
+        &self,
+        msg: &ClaimedMessage,
+        result: Result<(), SendError>,
+    ) -> Result<Outcome, DeliveryError> {
+        let now = self.clock.now();
+        let (outcome, recorded) = match result {
+            Ok(()) => {
+                let ok = self.store.mark_sent(msg.id, msg.lease_version, now).await?;
+                if ok {
+                    tracing::info!(
+                        outbox_id = msg.id,
+                        campaign = %msg.campaign_id,
+                        user = %msg.user_id,
+                        channel = %msg.channel,
+                        attempt = msg.attempt,
+                        "MessageSent"
+                    );
+                }
+                (Outcome::Sent, ok)
+            }
+            Err(SendError::Transient { reason, retry_after }) => {
+                let next = self
+                    .config
+                    .retry
+                    .after_failure(msg.attempt, retry_after, &mut rand::thread_rng());
+                match next {
+                    NextAttempt::After(delay) => {
+                        let at =
+                            now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
+                        let ok = self
+                            .store
+                            .mark_retry(msg.id, msg.lease_version, at, &reason, now)
+                            .await?;
+                        if ok {
+                            tracing::warn!(
+                                outbox_id = msg.id,
+                                campaign = %msg.campaign_id,
+                                channel = %msg.channel,
+                                attempt = msg.attempt,
+                                next_attempt_at = %at.to_rfc3339(),
+                                error = %reason,
+                                "MessageRetried"
+                            );
+                        }
+                        (Outcome::Retried, ok)
+                    }
+                    NextAttempt::GiveUp => {
+                        let reason = format!("gave up after {} attempts: {reason}", msg.attempt);
+                        (Outcome::Failed, self.fail(msg, &reason, now).await?)
+                    }
+                }
+            }
+            Err(SendError::Permanent { reason }) => (Outcome::Failed, self.fail(msg, &reason, now).await?),
+            Err(SendError::HardBounce { reason }) => {
+                let ok = self
+                    .store
+                    .mark_bounced(msg.id, msg.lease_version, &reason, now)
+                    .await?;
+                if ok {
+                    tracing::warn!(
+                        outbox_id = msg.id,
+                        campaign = %msg.campaign_id,
+                        user = %msg.user_id,
+                        reason = %reason,
+                        "AddressSuppressed: hard bounce, the address is never mailed again"
+                    );
+                }
+                (Outcome::Failed, ok)
+            }
+        };
+        if !recorded {
+            tracing::warn!(
+                outbox_id = msg.id,
+                campaign = %msg.campaign_id,
+                "MessageFenced: the lease was taken over; the new holder records the outcome"
+            );
+            metrics::counter!("nudge_messages_total", "channel" => msg.channel.clone(), "status" => "fenced")
+                .increment(1);
+            return Ok(Outcome::Fenced);
+        }
+        let status = match outcome {
+            Outcome::Sent => "sent",
+            Outcome::Retried => "retried",
+            Outcome::Failed => "failed",
+            Outcome::Fenced => "fenced",
+            Outcome::Suppressed => "suppressed",
+        };
+        metrics::counter!("nudge_messages_total", "channel" => msg.channel.clone(), "status" => status)
+            .increment(1);
+        Ok(outcome)
+    }
+
+    /// Why the user can no longer receive this message, if they cannot: consent and unsubscribes
+    /// are checked again at send time, because a send time can be hours after the decision.
+    /// Messages to users nudge does not know (direct sends) are not held back.
+    async fn no_longer_reachable(&self, msg: &ClaimedMessage) -> Result<Option<String>, DeliveryError> {
+        let Some(user) = self.store.user(&msg.user_id).await? else {
+            return Ok(None);
+        };
+        let reason = match msg.channel.as_str() {
+            "email" if user.unsubscribed => "email: unsubscribed",
+            "email" if user.email_bounced => "email: address hard-bounced (suppressed)",
+            "email" if !user.can_receive_email() => "email: no address or email_consent is false",
+            "push" if !user.can_receive_push() => "push: no device token or push_consent is false",
+            _ => return Ok(None),
+        };
+        Ok(Some(format!("suppressed at send time ({reason})")))
+    }
+
+    async fn suppress(&self, msg: &ClaimedMessage, reason: &str) -> Result<Outcome, DeliveryError> {
+        let now = self.clock.now();
+        if !self
+            .store
+            .mark_suppressed(msg.id, msg.lease_version, reason, now)
+            .await?
+        {
+            return Ok(Outcome::Fenced);
+        }
+        tracing::info!(
+            outbox_id = msg.id,
+            campaign = %msg.campaign_id,
+            user = %msg.user_id,
+            channel = %msg.channel,
+            reason = %reason,
+            "MessageSuppressed"
+        );
+        metrics::counter!("nudge_messages_total", "channel" => msg.channel.clone(), "status" => "suppressed")
+            .increment(1);
+        Ok(Outcome::Suppressed)
+    }
+
+    async fn fail(
+        &self,
+        msg: &ClaimedMessage,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DeliveryError> {
+        let ok = self
+            .store
+            .mark_failed(msg.id, msg.lease_version, reason, now)
+            .await?;
+        if ok {
+            tracing::warn!(
+                outbox_id = msg.id,
+                campaign = %msg.campaign_id,
+                user = %msg.user_id,
+                channel = %msg.channel,
+                attempt = msg.attempt,
+                reason = %reason,
+                "MessageFailed"
+            );
+        }
+        Ok(ok)
+    }
+}
