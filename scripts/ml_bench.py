@@ -1,37 +1,24 @@
 #!/usr/bin/env python3
-"""Issue 6, acceptance 4: nudge's send-time training on 1,000,000 rows beside scikit-learn's on the
-same exported CSV, in the same run.
+"""The scikit-learn side of `nudge bench`'s ML stage (issue 6 acceptance 4, issue 7 stage 7).
 
-    python3 scripts/ml_bench.py [--users 50000] [--days 60] [--rows 1000000] [--trees 30] [--depth 6]
+`nudge bench --only ml` generates the simulated world, runs the full send-time training, exports its
+training and held-out rows to CSV, fits nudge's forest on that CSV in a fresh process, and then runs
+this script (embedded in the binary, with a venv holding scikit-learn) once per model:
 
-Builds `examples/ml_bench.rs` in release, runs its `train` (the full `models::train` send-time run,
-which also exports its training and held-out rows to CSV) and `fit` (the forest alone, in a fresh
-process reading the CSV), then fits scikit-learn's DecisionTreeClassifier (same depth) and
-RandomForestClassifier (same trees, depth, 80% of features per split, the same rows per tree) on
-the same CSV, one thread each, and prints a table: training seconds, peak RSS, predictions per
-second and AUC on the same held-out rows. Installs scikit-learn in a venv under target/ if missing.
+    python ml_bench.py --trees 30 --depth 6 --features 0.8 --grow-fraction 0.4 --max-grow-rows 80000 \
+        --sklearn-child rows.csv {tree|forest}
+
+It fits DecisionTreeClassifier (same depth) or RandomForestClassifier (same trees, depth, share of
+features per split, rows per tree) on the CSV's training rows, one thread, and prints one JSON line:
+training seconds, peak RSS, predictions per second and AUC on the held-out rows.
 """
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def sklearn_python():
-    venv = os.path.join(ROOT, "target", "ml-bench-venv")
-    python = os.path.join(venv, "bin", "python")
-    if not os.path.exists(python):
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "scikit-learn==1.9.1", "pandas"], check=True)
-    return python
-
-
-def sklearn_fit(csv, model, trees, depth):
+def sklearn_fit(csv, model, a):
     """Runs in a child process so its peak RSS is its own."""
     import numpy as np
     import pandas as pd
@@ -44,12 +31,12 @@ def sklearn_fit(csv, model, trees, depth):
     y = df.pop("label").to_numpy()
     x = df.to_numpy(dtype=np.float64)
     if model == "tree":
-        clf = DecisionTreeClassifier(max_depth=depth, random_state=7)
+        clf = DecisionTreeClassifier(max_depth=a.depth, random_state=7)
     else:
-        # nudge grows each tree on half of the 80% of rows not kept for recalibration, at most
-        # 80,000 (ForestParams::max_grow_rows): the same number of rows per tree here.
-        per_tree = min(int(0.5 * 0.8 * (~held).sum()), 80000)
-        clf = RandomForestClassifier(n_estimators=trees, max_depth=depth, max_features=0.8,
+        # nudge grows each tree on a share of the training rows (`--grow-fraction`: its grow
+        # fraction of the rows not kept for recalibration), at most `max_grow_rows`: the same here.
+        per_tree = min(int(a.grow_fraction * (~held).sum()), a.max_grow_rows)
+        clf = RandomForestClassifier(n_estimators=a.trees, max_depth=a.depth, max_features=a.features,
                                      max_samples=per_tree, n_jobs=1, random_state=7)
     t = time.perf_counter()
     clf.fit(x[~held], y[~held])
@@ -67,38 +54,14 @@ def sklearn_fit(csv, model, trees, depth):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--users", type=int, default=50000)
-    p.add_argument("--days", type=int, default=60)
-    p.add_argument("--rows", type=int, default=1000000)
     p.add_argument("--trees", type=int, default=30)
     p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--sklearn-child", nargs=2, metavar=("CSV", "MODEL"))
+    p.add_argument("--features", type=float, default=0.8)
+    p.add_argument("--grow-fraction", type=float, default=0.5)
+    p.add_argument("--max-grow-rows", type=int, default=80000)
+    p.add_argument("--sklearn-child", nargs=2, metavar=("CSV", "MODEL"), required=True)
     a = p.parse_args()
-    if a.sklearn_child:
-        return sklearn_fit(a.sklearn_child[0], a.sklearn_child[1], a.trees, a.depth)
-    csv = os.path.join(ROOT, "target", "ml-bench", "rows.csv")
-    subprocess.run(["cargo", "build", "--release", "--example", "ml_bench"], cwd=ROOT, check=True)
-    bench = os.path.join(ROOT, "target", "release", "examples", "ml_bench")
-    results = []
-    out = subprocess.run([bench, "train", "--users", str(a.users), "--days", str(a.days),
-                          "--rows", str(a.rows), "--csv", csv], capture_output=True, text=True)
-    sys.stderr.write(out.stderr)
-    out.check_returncode()
-    results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    out = subprocess.run([bench, "fit", "--csv", csv, "--trees", str(a.trees), "--depth", str(a.depth)],
-                         check=True, capture_output=True, text=True)
-    results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    python = sklearn_python()
-    for model in ["tree", "forest"]:
-        out = subprocess.run([python, __file__, "--trees", str(a.trees), "--depth", str(a.depth),
-                              "--sklearn-child", csv, model], check=True, capture_output=True, text=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'stage':<36} {'rows':>9} {'seconds':>8} {'peak MiB':>9} {'pred/s':>10} {'AUC':>7}")
-    for r in results:
-        secs = r.get("fit_seconds", r.get("seconds"))
-        print(f"{r['stage']:<36} {r['train_rows']:>9} {secs:>8} {r['peak_rss_mib']:>9} "
-              f"{r.get('predictions_per_second', '-'):>10} {r['auc']:>7}")
-    print(json.dumps(results))
+    sklearn_fit(a.sklearn_child[0], a.sklearn_child[1], a)
 
 
 if __name__ == "__main__":

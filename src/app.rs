@@ -19,16 +19,17 @@ use crate::{
     tracking::tokens::Signer,
 };
 
-/// Starts tracing: human-readable lines, or JSON lines with `--log-format json`. `RUST_LOG`
-/// (or `NUDGE_LOG_LEVEL`) filters; the default is `info` for nudge and `warn` for dependencies.
-/// Every event is exactly one line (see [`OneLine`]), so user-supplied strings cannot forge lines.
-pub fn init_tracing(format: LogFormat) {
+/// Starts tracing on stderr: human-readable lines, or JSON lines with `--log-format json`.
+/// `NUDGE_LOG_LEVEL`, else `RUST_LOG`, filters; else `default_filter` (the daemon's is `info` for
+/// nudge and `warn` for dependencies). Every event is exactly one line (see [`OneLine`]), so
+/// user-supplied strings cannot forge lines.
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = std::env::var("NUDGE_LOG_LEVEL")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("warn,nudge=info"));
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(|| OneLine(std::io::stderr()));

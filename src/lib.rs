@@ -6,6 +6,7 @@
 //! into events. [`http`] and [`cli`] are the edges.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

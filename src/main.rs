@@ -9,7 +9,12 @@ fn main() {
         .settings()
         .map(|s| s.log_format)
         .unwrap_or(nudge::config::LogFormat::Human);
-    nudge::app::init_tracing(format);
+    // The bench prints a table; the daemon's info lines (every message sent) would bury it.
+    let default_filter = match cli.command {
+        cli::Command::Bench(_) => "warn",
+        _ => "warn,nudge=info",
+    };
+    nudge::app::init_tracing(format, default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

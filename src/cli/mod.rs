@@ -107,6 +107,12 @@ pub enum Command {
         #[arg(long, default_value_t = 7)]
         eval_days: u32,
     },
+    /// Measure each stage (ingest, rules, fan-out, delivery, latency, memory, ML) beside a
+    /// ceiling measured in the same run, on scratch data. Build with `--release` first.
+    #[command(
+        after_help = "Examples:\n  nudge bench --quick\n  nudge bench --json bench.json --postgres postgres://postgres@127.0.0.1/postgres\n  nudge bench --only ingest,rules"
+    )]
+    Bench(crate::bench::BenchArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Print the JSON Schema of the rule format (for editors: yaml-language-server).
@@ -225,6 +231,14 @@ impl Cli {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<(), AppError> {
+    if let Command::Bench(args) = cli.command {
+        // Scratch data only: the configured database, rules and transports are not touched.
+        return match &args.ml_fit {
+            Some(csv) => crate::bench::ml_fit(csv),
+            None => crate::bench::run(args).await,
+        }
+        .map_err(AppError::Other);
+    }
     let settings = cli.settings()?;
     match cli.command {
         Command::Serve(_) => crate::app::serve(settings).await,
@@ -368,6 +382,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             store.close().await;
             Ok(())
         }
+        Command::Bench(_) => Ok(()), // handled before the settings are read
         Command::Migrate => {
             let store = crate::store::Store::connect(&settings.database_url).await?;
             store.migrate().await?;

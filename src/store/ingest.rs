@@ -2,7 +2,7 @@
 //! in one transaction. When it commits the events are durable and their triggers cannot be lost;
 //! when it fails nothing of the batch is written.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value, json};
@@ -13,6 +13,9 @@ use crate::{
     events::{EventKind, IncomingEvent},
     rules::{Campaign, Reentry, RuleSet},
 };
+
+/// Rows per multi-row statement: 9 binds a row stays far below both backends' bind limits.
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// What ingestion needs to turn track events into campaign entries.
 pub struct Triggering<'a> {
@@ -61,64 +64,92 @@ impl Store {
                 slot.1 = e.device_token.as_deref();
             }
         }
-        let select_traits = match self.backend {
-            Backend::Sqlite => "SELECT traits FROM users WHERE id = $1",
-            Backend::Postgres => "SELECT traits FROM users WHERE id = $1 FOR UPDATE",
-        };
+        let user_ids: Vec<&str> = traits.keys().copied().collect();
 
         let mut outcome = IngestOutcome::default();
         with_db!(self, |pool| {
             let mut tx = pool.begin_write().await?;
+
+            // Users: the batch's users read in one query per chunk (locked on PostgreSQL, so two
+            // batches never merge traits over each other), written in one upsert per chunk.
+            let mut stored_traits: HashMap<String, String> = HashMap::with_capacity(user_ids.len());
+            for chunk in user_ids.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("SELECT id, traits FROM users WHERE id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                q.push(")");
+                if self.backend == Backend::Postgres {
+                    q.push(" FOR UPDATE");
+                }
+                let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                stored_traits.extend(rows);
+            }
+            let mut upserts = Vec::new();
             for (user_id, (new_traits, device_token)) in &traits {
-                let stored: Option<String> = sqlx::query_scalar(select_traits)
-                    .bind(*user_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let mut merged: Map<String, Value> = match &stored {
-                    Some(text) => serde_json::from_str(text)?,
-                    None => Map::new(),
-                };
+                let stored = stored_traits.get(*user_id);
                 if stored.is_some() && new_traits.is_empty() && device_token.is_none() {
                     continue;
                 }
+                let mut merged: Map<String, Value> = match stored {
+                    Some(text) => serde_json::from_str(text)?,
+                    None => Map::new(),
+                };
                 for (k, v) in new_traits {
                     merged.insert(k.clone(), v.clone());
                 }
                 let a = addresses(&merged, *device_token);
-                sqlx::query(
-                    "INSERT INTO users (id, traits, email, push_token, timezone, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)
-                     ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, email = excluded.email,
+                upserts.push((*user_id, serde_json::to_string(&merged)?, a));
+            }
+            for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO users (id, traits, email, push_token, timezone, created_at, updated_at) ",
+                );
+                q.push_values(chunk, |mut row, (id, traits, a)| {
+                    row.push_bind(*id)
+                        .push_bind(traits)
+                        .push_bind(a.email.as_deref())
+                        .push_bind(a.push_token.as_deref())
+                        .push_bind(a.timezone.as_deref())
+                        .push_bind(received_at)
+                        .push_bind(received_at);
+                });
+                q.push(
+                    " ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, email = excluded.email,
                         push_token = COALESCE(excluded.push_token, users.push_token),
                         timezone = excluded.timezone, updated_at = excluded.updated_at",
-                )
-                .bind(*user_id)
-                .bind(serde_json::to_string(&merged)?)
-                .bind(a.email)
-                .bind(a.push_token)
-                .bind(a.timezone)
-                .bind(received_at)
-                .execute(&mut *tx)
-                .await?;
+                );
+                q.build().execute(&mut *tx).await?;
             }
 
+            // Events: multi-row inserts; RETURNING names the ones that were new (a resent
+            // messageId is a no-op, also within one batch: its first occurrence is the stored one).
+            let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
+            for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                let mut properties = Vec::with_capacity(chunk.len());
+                for e in chunk {
+                    properties.push(serde_json::to_string(&e.properties)?);
+                }
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO events (message_id, user_id, kind, name, properties, ts, received_at) ",
+                );
+                q.push_values(chunk.iter().zip(&properties), |mut row, (e, props)| {
+                    row.push_bind(&e.message_id)
+                        .push_bind(&e.user_id)
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.name.as_deref())
+                        .push_bind(props)
+                        .push_bind(to_millis(e.timestamp))
+                        .push_bind(received_at);
+                });
+                q.push(" ON CONFLICT (message_id) DO NOTHING RETURNING message_id");
+                let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+                inserted.extend(ids);
+            }
             let mut entries = Vec::new();
             for e in events {
-                let inserted = sqlx::query(
-                    "INSERT INTO events (message_id, user_id, kind, name, properties, ts, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
-                )
-                .bind(&e.message_id)
-                .bind(&e.user_id)
-                .bind(e.kind.as_str())
-                .bind(e.name.as_deref())
-                .bind(serde_json::to_string(&e.properties)?)
-                .bind(to_millis(e.timestamp))
-                .bind(received_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
+                if !inserted.remove(&e.message_id) {
                     outcome.duplicates += 1;
                     continue;
                 }
@@ -128,22 +159,56 @@ impl Store {
                 }
             }
 
-            for NewEntry { campaign, event } in entries {
+            // Re-entry gaps: the last entry of each (campaign, user) with a gap, one query per
+            // campaign and chunk of users; entries created earlier in this batch count too.
+            let mut last_entry: HashMap<(&str, &str), i64> = HashMap::new();
+            let mut gapped: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for NewEntry { campaign, event } in &entries {
+                if matches!(campaign.reentry, Reentry::After(_)) {
+                    gapped
+                        .entry(campaign.id.as_str())
+                        .or_default()
+                        .push(event.user_id.as_str());
+                }
+            }
+            for (campaign_id, mut users) in gapped {
+                users.sort_unstable();
+                users.dedup();
+                for chunk in users.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT user_id, MAX(trigger_ts) FROM entries WHERE campaign_id = ",
+                    );
+                    q.push_bind(campaign_id);
+                    q.push(" AND user_id IN (");
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    q.push(") GROUP BY user_id");
+                    let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    let asked: HashSet<&str> = chunk.iter().copied().collect();
+                    for (user_id, last) in rows {
+                        if let Some(u) = asked.get(user_id.as_str()) {
+                            last_entry.insert((campaign_id, *u), last);
+                        }
+                    }
+                }
+            }
+            let mut rows = Vec::with_capacity(entries.len());
+            for NewEntry { campaign, event } in &entries {
                 let ts = to_millis(event.timestamp);
                 let dedupe_key = match campaign.reentry {
                     Reentry::Never => format!("{}|{}", campaign.id, event.user_id),
                     Reentry::Always => format!("{}|{}|{}", campaign.id, event.user_id, event.message_id),
                     Reentry::After(gap) => {
-                        let last: Option<i64> = sqlx::query_scalar(
-                            "SELECT MAX(trigger_ts) FROM entries WHERE campaign_id = $1 AND user_id = $2",
-                        )
-                        .bind(&campaign.id)
-                        .bind(&event.user_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        if last.is_some_and(|last| ts < last + gap.num_milliseconds()) {
+                        let key = (campaign.id.as_str(), event.user_id.as_str());
+                        if let Some(last) = last_entry.get(&key)
+                            && ts < last + gap.num_milliseconds()
+                        {
                             continue;
                         }
+                        let last = last_entry.entry(key).or_insert(ts);
+                        *last = (*last).max(ts);
                         format!("{}|{}|{}", campaign.id, event.user_id, event.message_id)
                     }
                 };
@@ -153,23 +218,37 @@ impl Store {
                     "properties": event.properties,
                     "timestamp": event.timestamp.to_rfc3339(),
                 });
-                let created = sqlx::query(
+                rows.push((
+                    campaign.id.as_str(),
+                    event.user_id.as_str(),
+                    event.message_id.as_str(),
+                    dedupe_key,
+                    ts,
+                    trigger_event.to_string(),
+                    to_millis(due),
+                ));
+            }
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO entries (campaign_id, user_id, trigger_id, dedupe_key, trigger_ts,
-                        trigger_event, due_at, status, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'waiting', $8) ON CONFLICT (dedupe_key) DO NOTHING",
-                )
-                .bind(&campaign.id)
-                .bind(&event.user_id)
-                .bind(&event.message_id)
-                .bind(dedupe_key)
-                .bind(ts)
-                .bind(trigger_event.to_string())
-                .bind(to_millis(due))
-                .bind(received_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                outcome.entries += created as usize;
+                        trigger_event, due_at, status, created_at) ",
+                );
+                q.push_values(
+                    chunk,
+                    |mut row, (campaign, user, trigger, key, ts, event, due)| {
+                        row.push_bind(*campaign)
+                            .push_bind(*user)
+                            .push_bind(*trigger)
+                            .push_bind(key)
+                            .push_bind(*ts)
+                            .push_bind(event)
+                            .push_bind(*due)
+                            .push_bind("waiting")
+                            .push_bind(received_at);
+                    },
+                );
+                q.push(" ON CONFLICT (dedupe_key) DO NOTHING");
+                outcome.entries += q.build().execute(&mut *tx).await?.rows_affected() as usize;
             }
             tx.commit().await?;
         });

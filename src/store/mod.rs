@@ -6,6 +6,7 @@
 //! JSON merging) choose by [`Backend`]. Times are stored as Unix milliseconds, JSON as text.
 
 pub mod admin;
+mod bench;
 mod bulk;
 mod entries;
 mod history;
@@ -19,6 +20,7 @@ mod replay;
 mod snapshots;
 mod users;
 
+pub use bench::{BenchEvent, BenchUser};
 pub use entries::{ClaimedEntry, Decision, DecisionLog, NewAssignment, NewOutbox, UserHistory};
 pub use history::{HistoryEvent, HistoryUser};
 pub use ingest::{IngestOutcome, Triggering};

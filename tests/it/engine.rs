@@ -174,6 +174,56 @@ both_backends!(conditions_and_replayed_triggers, |db: TestDb| async move {
     db.cleanup().await;
 });
 
+/// Ingestion writes a batch with a few multi-row statements; the re-entry gap must still see the
+/// entries the same batch created, and a messageId repeated inside one batch is stored once.
+both_backends!(
+    reentry_gap_holds_within_and_across_batches,
+    |db: TestDb| async move {
+        let gapped = CART
+            .replace("reentry: always", "reentry: 1d")
+            .replace("wait: 2h\n", "");
+        let (_dir, rules) = util::rules_dir(&[("_global.yaml", GLOBAL), ("cart.yaml", &gapped)]);
+        let start = t("2026-01-05T10:00:00Z");
+        let (engine, clock) = util::engine(&db.store, rules, start).await;
+        let cart = |user: &str, id: &str, hours: i64| {
+            IncomingEvent::track(
+                user,
+                "cart_updated",
+                json!({"cart_value": 50}),
+                start + Duration::hours(hours),
+            )
+            .with_message_id(id)
+        };
+        clock.advance(Duration::hours(60));
+        // Triggers up to a day old count (trigger_max_age), so the batch is stamped near "now".
+        let first = engine
+            .ingest(&[
+                cart("a", "a1", 40),
+                cart("a", "a2", 41), // 1 h after a1: inside the gap
+                cart("a", "a1", 40), // the same messageId again: a no-op
+                cart("b", "b1", 41),
+                cart("a", "a3", 59), // 19 h after a1: inside the gap
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.stored, first.duplicates, first.entries),
+            (4, 1, 2),
+            "{first:?}"
+        );
+        clock.advance(Duration::hours(25));
+        let second = engine
+            .ingest(&[cart("a", "a4", 63), cart("a", "a5", 84), cart("b", "b2", 84)])
+            .await
+            .unwrap();
+        // a4: 23 h after a1, still inside; a5: 44 h after a1, enters; b2: 43 h after b1, enters.
+        assert_eq!((second.stored, second.entries), (3, 2), "{second:?}");
+        assert_eq!(db.store.count_rows(Table::Entries).await.unwrap(), 4);
+        assert_eq!(db.store.count_rows(Table::Events).await.unwrap(), 7);
+        db.cleanup().await;
+    }
+);
+
 both_backends!(restart_during_wait_sends_once, |db: TestDb| async move {
     let files = [("_global.yaml", GLOBAL), ("cart.yaml", CART)];
     let start = t("2026-01-05T10:00:00Z");
