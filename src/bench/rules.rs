@@ -38,28 +38,39 @@ pub(super) fn run(ctx: &Ctx) -> anyhow::Result<Vec<StageResult>> {
     let now = Utc::now();
     let seconds = ctx.sizes.rules_seconds;
 
-    // CEL, through the engine's own evaluation path.
-    let (mut evaluations, mut passed) = (0u64, 0usize);
-    let started = Instant::now();
-    while started.elapsed().as_secs_f64() < seconds {
-        for (user, history) in users.iter().zip(&histories) {
-            let input = EvalInput {
-                user,
-                event: &event,
-                now,
-                history,
-                predict: &predict,
-                propensities: &propensities,
-            };
-            for conds in &campaigns {
-                if matches!(conditions::all_hold(conds, &input), Verdict::Pass(_)) {
-                    passed += 1;
+    // CEL, through the engine's own evaluation path: one scope (CEL context) per user, shared by
+    // the 20 campaigns; then a fresh scope per campaign, as one decision of the engine builds.
+    let mut cel = [0.0; 2];
+    let mut passed = 0usize;
+    for (mode, rate) in cel.iter_mut().enumerate() {
+        let mut evaluations = 0u64;
+        let started = Instant::now();
+        while started.elapsed().as_secs_f64() < seconds {
+            for (user, history) in users.iter().zip(&histories) {
+                let input = EvalInput {
+                    user,
+                    event: &event,
+                    now,
+                    history,
+                    predict: &predict,
+                    propensities: &propensities,
+                };
+                let shared = conditions::Scope::new(&input);
+                for conds in &campaigns {
+                    let verdict = if mode == 0 {
+                        shared.all_hold(conds)
+                    } else {
+                        conditions::Scope::new(&input).all_hold(conds)
+                    };
+                    if matches!(verdict, Verdict::Pass(_)) {
+                        passed += 1;
+                    }
                 }
             }
+            evaluations += (USERS * CAMPAIGNS * 3) as u64;
         }
-        evaluations += (USERS * CAMPAIGNS * 3) as u64;
+        *rate = evaluations as f64 / started.elapsed().as_secs_f64();
     }
-    let cel = evaluations as f64 / started.elapsed().as_secs_f64();
     black_box(passed);
 
     // Reference: the same conditions as closures over the same values.
@@ -100,18 +111,24 @@ pub(super) fn run(ctx: &Ctx) -> anyhow::Result<Vec<StageResult>> {
     let reference = evaluations as f64 / started.elapsed().as_secs_f64();
     black_box(passed_native);
 
-    let result = StageResult::new(
-        "rules",
+    let goal = "≥ 1,000,000/s/core and ratio ≥ 0.2";
+    let reference_is = "the same 60 conditions as plain Rust closures over the same values";
+    let shared = StageResult::new("rules", "condition evaluations/s/core", reference_is, goal)
+        .throughput(cel[0], Some(reference))
+        .note(format!(
+            "{CAMPAIGNS} campaigns × 3 conditions over {USERS} users, one CEL context per user, one thread, {seconds:.0} s each"
+        ));
+    let per_decision = StageResult::new(
+        "rules_per_decision",
         "condition evaluations/s/core",
-        "the same 60 conditions as plain Rust closures over the same values",
-        "≥ 1,000,000/s/core and ratio ≥ 0.2",
+        reference_is,
+        goal,
     )
-    .throughput(cel, Some(reference))
-    .note(format!(
-        "{CAMPAIGNS} campaigns × 3 conditions over {USERS} users, one thread, {seconds:.0} s each"
-    ));
-    let met = cel >= 1_000_000.0 && result.ratio.is_some_and(|r| r >= 0.2);
-    Ok(vec![result.met(met)])
+    .throughput(cel[1], Some(reference))
+    .note("the same, with a fresh CEL context per campaign (what one engine decision builds)");
+    let met = |r: &StageResult, rate: f64| rate >= 1_000_000.0 && r.ratio.is_some_and(|x| x >= 0.2);
+    let (m0, m1) = (met(&shared, cel[0]), met(&per_decision, cel[1]));
+    Ok(vec![shared.met(m0), per_decision.met(m1)])
 }
 
 /// 20 campaigns of 3 conditions: a trait, an event property and a `count()` of the history.

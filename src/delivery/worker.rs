@@ -1,6 +1,6 @@
 //! The workers: claim a batch of due messages (caps checked in the claim), send each one under
-//! the attempt timeout while a heartbeat keeps the batch's leases alive, and write the outcome
-//! back, fenced by the lease version.
+//! the attempt timeout while a heartbeat keeps the batch's leases alive, and write the outcomes
+//! back together at the end of the batch (one commit), each fenced by its lease version.
 //!
 //! Consent is checked again just before sending: a user who unsubscribed after the decision is
 //! not messaged (the message is cancelled, its assignment `suppressed`).
@@ -22,7 +22,7 @@ use crate::{
     clock::SharedClock,
     outbox::Payload,
     rules::RulesHandle,
-    store::{CapRules, ClaimedMessage, Store},
+    store::{CapRules, ClaimedMessage, Finish, Store},
 };
 
 /// What one batch (or one idle run) did.
@@ -61,6 +61,8 @@ enum Outcome {
     Sent,
     Retried,
     Failed,
+    /// Failed with a hard bounce (the address is suppressed too).
+    Bounced,
     Fenced,
     Suppressed,
 }
@@ -257,42 +259,209 @@ impl Delivery {
             );
         }
         let mut lost = HashSet::new();
+        // Outcomes of finished sends, written back together (one commit per batch, not per
+        // message); their leases stay heartbeated until then.
+        let mut unrecorded: Vec<(&ClaimedMessage, Result<(), SendError>)> = Vec::new();
+        let mut recorded: HashSet<i64> = HashSet::new();
+        // One heartbeat for the whole batch: it ticks during whichever send is in flight, and a
+        // tick missed between sends fires as soon as the next send starts.
+        let every = self.config.lease / 3;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for (i, msg) in claim.messages.iter().enumerate() {
             if cancel.is_some_and(CancellationToken::is_cancelled) {
+                self.record_all(&mut unrecorded, &mut recorded, &mut report)
+                    .await?;
                 for rest in &claim.messages[i..] {
                     if !lost.contains(&rest.id) && self.store.release(rest.id, rest.lease_version).await? {
                         report.released += 1;
                     }
                 }
-                break;
+                return Ok(report);
             }
             if lost.contains(&msg.id) {
                 // Another worker took it over while we were busy with earlier messages.
                 report.fenced += 1;
+                recorded.insert(msg.id);
                 continue;
             }
-            match self.attempt(msg, &claim.messages[i + 1..], &mut lost).await? {
-                Outcome::Sent => report.sent += 1,
-                Outcome::Retried => report.retried += 1,
-                Outcome::Failed => report.failed += 1,
-                Outcome::Fenced => report.fenced += 1,
-                Outcome::Suppressed => report.suppressed += 1,
+            if let Some(reason) = self.no_longer_reachable(msg).await? {
+                recorded.insert(msg.id);
+                match self.suppress(msg, &reason).await? {
+                    Outcome::Suppressed => report.suppressed += 1,
+                    _ => report.fenced += 1,
+                }
+                continue;
             }
+            let result = self
+                .attempt(msg, &claim.messages, &recorded, &mut lost, &mut beat)
+                .await;
+            unrecorded.push((msg, result));
         }
+        self.record_all(&mut unrecorded, &mut recorded, &mut report)
+            .await?;
         Ok(report)
     }
 
-    /// One attempt at one message, heartbeating the leases of `msg` and of the `waiting` rest of
-    /// the batch while the send is in flight.
+    /// Writes back every unrecorded outcome in one transaction, then logs and counts each.
+    async fn record_all<'m>(
+        &self,
+        unrecorded: &mut Vec<(&'m ClaimedMessage, Result<(), SendError>)>,
+        recorded: &mut HashSet<i64>,
+        report: &mut BatchReport,
+    ) -> Result<(), DeliveryError> {
+        if unrecorded.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        // What to write for each, with the reason texts the writes borrow.
+        let plans: Vec<(Outcome, Option<DateTime<Utc>>, String)> = {
+            let mut rng = rand::thread_rng();
+            unrecorded
+                .iter()
+                .map(|(msg, result)| match result {
+                    Ok(()) => (Outcome::Sent, None, String::new()),
+                    Err(SendError::Transient { reason, retry_after }) => {
+                        match self
+                            .config
+                            .retry
+                            .after_failure(msg.attempt, *retry_after, &mut rng)
+                        {
+                            NextAttempt::After(delay) => (
+                                Outcome::Retried,
+                                Some(
+                                    now + chrono::Duration::from_std(delay)
+                                        .unwrap_or(chrono::Duration::hours(1)),
+                                ),
+                                reason.clone(),
+                            ),
+                            NextAttempt::GiveUp => (
+                                Outcome::Failed,
+                                None,
+                                format!("gave up after {} attempts: {reason}", msg.attempt),
+                            ),
+                        }
+                    }
+                    Err(SendError::Permanent { reason }) => (Outcome::Failed, None, reason.clone()),
+                    Err(SendError::HardBounce { reason }) => (Outcome::Bounced, None, reason.clone()),
+                })
+                .collect()
+        }; // the thread RNG is not Send: gone before the write is awaited
+        let writes: Vec<(i64, i64, Finish<'_>)> = unrecorded
+            .iter()
+            .zip(&plans)
+            .map(|((msg, _), (outcome, next, reason))| {
+                let how = match (outcome, next) {
+                    (Outcome::Sent, _) => Finish::Sent,
+                    (Outcome::Retried, Some(at)) => Finish::Retry {
+                        next_attempt_at: *at,
+                        error: reason,
+                    },
+                    (Outcome::Bounced, _) => Finish::Bounced { reason },
+                    _ => Finish::Failed { reason },
+                };
+                (msg.id, msg.lease_version, how)
+            })
+            .collect();
+        let written = self.store.finish_many(&writes, now).await?;
+        for (((msg, _), (outcome, next, reason)), ok) in unrecorded.iter().zip(&plans).zip(written) {
+            recorded.insert(msg.id);
+            let outcome = if ok {
+                self.log_outcome(msg, outcome, *next, reason);
+                outcome
+            } else {
+                tracing::warn!(
+                    outbox_id = msg.id,
+                    campaign = %msg.campaign_id,
+                    "MessageFenced: the lease was taken over; the new holder records the outcome"
+                );
+                &Outcome::Fenced
+            };
+            let status = match outcome {
+                Outcome::Sent => {
+                    report.sent += 1;
+                    "sent"
+                }
+                Outcome::Retried => {
+                    report.retried += 1;
+                    "retried"
+                }
+                Outcome::Failed | Outcome::Bounced => {
+                    report.failed += 1;
+                    "failed"
+                }
+                Outcome::Fenced => {
+                    report.fenced += 1;
+                    "fenced"
+                }
+                Outcome::Suppressed => {
+                    report.suppressed += 1;
+                    "suppressed"
+                }
+            };
+            metrics::counter!("nudge_messages_total", "channel" => msg.channel.clone(), "status" => status)
+                .increment(1);
+        }
+        unrecorded.clear();
+        Ok(())
+    }
+
+    fn log_outcome(
+        &self,
+        msg: &ClaimedMessage,
+        outcome: &Outcome,
+        next: Option<DateTime<Utc>>,
+        reason: &str,
+    ) {
+        match outcome {
+            Outcome::Sent => tracing::info!(
+                outbox_id = msg.id,
+                campaign = %msg.campaign_id,
+                user = %msg.user_id,
+                channel = %msg.channel,
+                attempt = msg.attempt,
+                "MessageSent"
+            ),
+            Outcome::Retried => tracing::warn!(
+                outbox_id = msg.id,
+                campaign = %msg.campaign_id,
+                channel = %msg.channel,
+                attempt = msg.attempt,
+                next_attempt_at = %next.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                error = %reason,
+                "MessageRetried"
+            ),
+            Outcome::Failed => tracing::warn!(
+                outbox_id = msg.id,
+                campaign = %msg.campaign_id,
+                user = %msg.user_id,
+                channel = %msg.channel,
+                attempt = msg.attempt,
+                reason = %reason,
+                "MessageFailed"
+            ),
+            Outcome::Bounced => tracing::warn!(
+                outbox_id = msg.id,
+                campaign = %msg.campaign_id,
+                user = %msg.user_id,
+                reason = %reason,
+                "AddressSuppressed: hard bounce, the address is never mailed again"
+            ),
+            Outcome::Fenced | Outcome::Suppressed => {}
+        }
+    }
+
+    /// One attempt at one message, heartbeating the leases of the batch's messages whose outcome
+    /// is not yet recorded while the send is in flight. Returns the send's result; the caller
+    /// records it.
     async fn attempt(
         &self,
         msg: &ClaimedMessage,
-        waiting: &[ClaimedMessage],
+        batch: &[ClaimedMessage],
+        recorded: &HashSet<i64>,
         lost: &mut HashSet<i64>,
-    ) -> Result<Outcome, DeliveryError> {
-        if let Some(reason) = self.no_longer_reachable(msg).await? {
-            return self.suppress(msg, &reason).await;
-        }
+        beat: &mut tokio::time::Interval,
+    ) -> Result<(), SendError> {
         let started = Instant::now();
         let result = if msg.attempt > self.config.retry.max_attempts {
             // Only reachable when earlier attempts died with their worker (lease expired).
@@ -303,12 +472,10 @@ impl Delivery {
         } else {
             let send = self.send(msg);
             tokio::pin!(send);
-            let every = self.config.lease / 3;
-            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
                     r = &mut send => break r,
-                    _ = beat.tick() => self.heartbeat(msg, waiting, lost).await,
+                    _ = beat.tick() => self.heartbeat(batch, recorded, lost).await,
                 }
             }
         };
@@ -319,7 +486,7 @@ impl Delivery {
             _ => Ok(()),
         };
         self.health.record(&msg.channel, transport, self.clock.now());
-        self.record(msg, result).await
+        result
     }
 
     /// Sends through the message's channel, after its rate limit, within the attempt timeout.
@@ -347,11 +514,12 @@ impl Delivery {
         }
     }
 
-    /// Extends the leases still held; a lease found taken over is marked lost.
-    async fn heartbeat(&self, msg: &ClaimedMessage, waiting: &[ClaimedMessage], lost: &mut HashSet<i64>) {
+    /// Extends the leases still held (every message of the batch not recorded yet); a lease
+    /// found taken over is marked lost.
+    async fn heartbeat(&self, batch: &[ClaimedMessage], recorded: &HashSet<i64>, lost: &mut HashSet<i64>) {
         let until = self.clock.now() + self.lease;
-        for m in std::iter::once(msg).chain(waiting) {
-            if lost.contains(&m.id) {
+        for m in batch {
+            if lost.contains(&m.id) || recorded.contains(&m.id) {
                 continue;
             }
             match self.store.extend_lease(m.id, m.lease_version, until).await {
@@ -364,100 +532,6 @@ impl Delivery {
                 Err(e) => tracing::warn!(outbox_id = m.id, error = %e, "LeaseExtendFailed"),
             }
         }
-    }
-
-    /// Writes the attempt's outcome back, with its metric and tracing event.
-    async fn record(
-        &self,
-        msg: &ClaimedMessage,
-        result: Result<(), SendError>,
-    ) -> Result<Outcome, DeliveryError> {
-        let now = self.clock.now();
-        let (outcome, recorded) = match result {
-            Ok(()) => {
-                let ok = self.store.mark_sent(msg.id, msg.lease_version, now).await?;
-                if ok {
-                    tracing::info!(
-                        outbox_id = msg.id,
-                        campaign = %msg.campaign_id,
-                        user = %msg.user_id,
-                        channel = %msg.channel,
-                        attempt = msg.attempt,
-                        "MessageSent"
-                    );
-                }
-                (Outcome::Sent, ok)
-            }
-            Err(SendError::Transient { reason, retry_after }) => {
-                let next = self
-                    .config
-                    .retry
-                    .after_failure(msg.attempt, retry_after, &mut rand::thread_rng());
-                match next {
-                    NextAttempt::After(delay) => {
-                        let at =
-                            now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
-                        let ok = self
-                            .store
-                            .mark_retry(msg.id, msg.lease_version, at, &reason, now)
-                            .await?;
-                        if ok {
-                            tracing::warn!(
-                                outbox_id = msg.id,
-                                campaign = %msg.campaign_id,
-                                channel = %msg.channel,
-                                attempt = msg.attempt,
-                                next_attempt_at = %at.to_rfc3339(),
-                                error = %reason,
-                                "MessageRetried"
-                            );
-                        }
-                        (Outcome::Retried, ok)
-                    }
-                    NextAttempt::GiveUp => {
-                        let reason = format!("gave up after {} attempts: {reason}", msg.attempt);
-                        (Outcome::Failed, self.fail(msg, &reason, now).await?)
-                    }
-                }
-            }
-            Err(SendError::Permanent { reason }) => (Outcome::Failed, self.fail(msg, &reason, now).await?),
-            Err(SendError::HardBounce { reason }) => {
-                let ok = self
-                    .store
-                    .mark_bounced(msg.id, msg.lease_version, &reason, now)
-                    .await?;
-                if ok {
-                    tracing::warn!(
-                        outbox_id = msg.id,
-                        campaign = %msg.campaign_id,
-                        user = %msg.user_id,
-                        reason = %reason,
-                        "AddressSuppressed: hard bounce, the address is never mailed again"
-                    );
-                }
-                (Outcome::Failed, ok)
-            }
-        };
-        if !recorded {
-            tracing::warn!(
-                outbox_id = msg.id,
-                campaign = %msg.campaign_id,
-                "MessageFenced: the lease was taken over; the new holder records the outcome"
-            );
-            metrics::counter!("nudge_messages_total", "channel" => msg.channel.clone(), "status" => "fenced")
-                .increment(1);
-            return Ok(Outcome::Fenced);
-        }
-        let status = match outcome {
-            Outcome::Sent => "sent",
-            Outcome::Retried => "retried",
-            Outcome::Failed => "failed",
-            Outcome::Fenced => "fenced",
-            Outcome::Suppressed => "suppressed",
-        };
-        metrics::counter!("nudge_messages_total", "channel" => msg.channel.clone(), "status" => status)
-            .increment(1);
-        Ok(outcome)
     }
 
     /// Why the user can no longer receive this message, if they cannot: consent and unsubscribes
@@ -497,29 +571,5 @@ impl Delivery {
         metrics::counter!("nudge_messages_total", "channel" => msg.channel.clone(), "status" => "suppressed")
             .increment(1);
         Ok(Outcome::Suppressed)
-    }
-
-    async fn fail(
-        &self,
-        msg: &ClaimedMessage,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, DeliveryError> {
-        let ok = self
-            .store
-            .mark_failed(msg.id, msg.lease_version, reason, now)
-            .await?;
-        if ok {
-            tracing::warn!(
-                outbox_id = msg.id,
-                campaign = %msg.campaign_id,
-                user = %msg.user_id,
-                channel = %msg.channel,
-                attempt = msg.attempt,
-                reason = %reason,
-                "MessageFailed"
-            );
-        }
-        Ok(ok)
     }
 }

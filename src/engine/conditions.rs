@@ -72,58 +72,90 @@ fn context<'a>(input: &EvalInput<'_>) -> Result<cel::Context<'a, 'a>, String> {
     Ok(ctx)
 }
 
-/// Evaluates `if:` conditions in order, stopping at the first that does not hold. An error (a
-/// missing trait, a type mismatch) counts as not holding, with the error in the log.
-pub fn all_hold(conditions: &[Condition], input: &EvalInput<'_>) -> Verdict {
-    let mut results = Vec::with_capacity(conditions.len());
-    if conditions.is_empty() {
-        return Verdict::Pass(results);
-    }
-    let ctx = match context(input) {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            results.push(result(&conditions[0], format!("error: {e}")));
-            return Verdict::Fail(results);
-        }
-    };
-    for c in conditions {
-        match c.program.execute(&ctx) {
-            Ok(cel::Value::Bool(true)) => results.push(result(c, "true".into())),
-            Ok(cel::Value::Bool(false)) => {
-                results.push(result(c, "false".into()));
-                return Verdict::Fail(results);
-            }
-            Ok(other) => {
-                results.push(result(c, format!("error: not a bool: {other:?}")));
-                return Verdict::Fail(results);
-            }
-            Err(e) => {
-                results.push(result(c, format!("error: {e}")));
-                return Verdict::Fail(results);
-            }
-        }
-    }
-    Verdict::Pass(results)
+/// The CEL context of one (user, trigger) pair, built on first use and shared by every condition
+/// evaluated against it: `exclude_if` and `if` of one decision, or several campaigns' conditions
+/// for the same user. Building the context (converting user, event and predictions to CEL
+/// values, registering `count` and `propensity_of`) costs more than evaluating a condition.
+pub struct Scope<'i> {
+    input: &'i EvalInput<'i>,
+    ctx: std::cell::OnceCell<Result<cel::Context<'static, 'static>, String>>,
 }
 
-/// Evaluates `exclude_if:`: the first condition that is true excludes the user. A missing key
-/// means the user is not in that segment (not excluded); any other error excludes, erring on the
-/// side of not messaging a sensitive segment.
-pub fn first_exclusion(conditions: &[Condition], input: &EvalInput<'_>) -> Option<ConditionResult> {
-    if conditions.is_empty() {
-        return None;
+impl<'i> Scope<'i> {
+    pub fn new(input: &'i EvalInput<'i>) -> Scope<'i> {
+        Scope {
+            input,
+            ctx: std::cell::OnceCell::new(),
+        }
     }
-    let ctx = match context(input) {
-        Ok(ctx) => ctx,
-        Err(e) => return Some(result(&conditions[0], format!("error: {e}"))),
-    };
-    conditions.iter().find_map(|c| match c.program.execute(&ctx) {
-        Ok(cel::Value::Bool(true)) => Some(result(c, "true".into())),
-        Ok(cel::Value::Bool(false)) => None,
-        Err(cel::ExecutionError::NoSuchKey(_)) => None,
-        Ok(other) => Some(result(c, format!("error: not a bool: {other:?}"))),
-        Err(e) => Some(result(c, format!("error: {e}"))),
-    })
+
+    fn context(&self) -> &Result<cel::Context<'static, 'static>, String> {
+        self.ctx.get_or_init(|| context(self.input))
+    }
+
+    /// Evaluates `if:` conditions in order, stopping at the first that does not hold. An error (a
+    /// missing trait, a type mismatch) counts as not holding, with the error in the log.
+    pub fn all_hold(&self, conditions: &[Condition]) -> Verdict {
+        let mut results = Vec::with_capacity(conditions.len());
+        if conditions.is_empty() {
+            return Verdict::Pass(results);
+        }
+        let ctx = match self.context() {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                results.push(result(&conditions[0], format!("error: {e}")));
+                return Verdict::Fail(results);
+            }
+        };
+        for c in conditions {
+            match c.program.execute(ctx) {
+                Ok(cel::Value::Bool(true)) => results.push(result(c, "true".into())),
+                Ok(cel::Value::Bool(false)) => {
+                    results.push(result(c, "false".into()));
+                    return Verdict::Fail(results);
+                }
+                Ok(other) => {
+                    results.push(result(c, format!("error: not a bool: {other:?}")));
+                    return Verdict::Fail(results);
+                }
+                Err(e) => {
+                    results.push(result(c, format!("error: {e}")));
+                    return Verdict::Fail(results);
+                }
+            }
+        }
+        Verdict::Pass(results)
+    }
+
+    /// Evaluates `exclude_if:`: the first condition that is true excludes the user. A missing key
+    /// means the user is not in that segment (not excluded); any other error excludes, erring on
+    /// the side of not messaging a sensitive segment.
+    pub fn first_exclusion(&self, conditions: &[Condition]) -> Option<ConditionResult> {
+        if conditions.is_empty() {
+            return None;
+        }
+        let ctx = match self.context() {
+            Ok(ctx) => ctx,
+            Err(e) => return Some(result(&conditions[0], format!("error: {e}"))),
+        };
+        conditions.iter().find_map(|c| match c.program.execute(ctx) {
+            Ok(cel::Value::Bool(true)) => Some(result(c, "true".into())),
+            Ok(cel::Value::Bool(false)) => None,
+            Err(cel::ExecutionError::NoSuchKey(_)) => None,
+            Ok(other) => Some(result(c, format!("error: not a bool: {other:?}"))),
+            Err(e) => Some(result(c, format!("error: {e}"))),
+        })
+    }
+}
+
+/// [`Scope::all_hold`] in a scope of its own.
+pub fn all_hold(conditions: &[Condition], input: &EvalInput<'_>) -> Verdict {
+    Scope::new(input).all_hold(conditions)
+}
+
+/// [`Scope::first_exclusion`] in a scope of its own.
+pub fn first_exclusion(conditions: &[Condition], input: &EvalInput<'_>) -> Option<ConditionResult> {
+    Scope::new(input).first_exclusion(conditions)
 }
 
 fn result(c: &Condition, value: String) -> ConditionResult {

@@ -360,7 +360,8 @@ impl Engine {
             predict: &predict,
             propensities: &propensities,
         };
-        if let Some(hit) = conditions::first_exclusion(&campaign.exclude_if, &input) {
+        let scope = conditions::Scope::new(&input);
+        if let Some(hit) = scope.first_exclusion(&campaign.exclude_if) {
             return skip_with(
                 entry,
                 "excluded",
@@ -372,7 +373,7 @@ impl Engine {
         {
             return skip_with(entry, "excluded", format!("opted out of topic {topic}"));
         }
-        let conditions = match conditions::all_hold(&campaign.conditions, &input) {
+        let conditions = match scope.all_hold(&campaign.conditions) {
             Verdict::Pass(results) => results,
             Verdict::Fail(results) => {
                 let last = results.last().expect("a failing verdict names its condition");

@@ -28,7 +28,9 @@ pub use inspect::{AssignmentRow, Table};
 pub use integrity::{INVARIANTS, OutboxState};
 pub use lift::{ArmCounts, DailyCounts, LiftCounts, LiftQuery, SendTimeArmCounts};
 pub use models::{ModelRow, NewModel};
-pub use outbox::{CapRules, CappedMessage, Claim, ClaimedMessage, NewMessage, OutboxCount, OutboxRow};
+pub use outbox::{
+    CapRules, CappedMessage, Claim, ClaimedMessage, Finish, NewMessage, OutboxCount, OutboxRow,
+};
 pub use replay::CampaignOutcome;
 pub use snapshots::LiftSnapshotRow;
 pub use users::UserRecord;

@@ -174,8 +174,8 @@ both_backends!(conditions_and_replayed_triggers, |db: TestDb| async move {
     db.cleanup().await;
 });
 
-/// Ingestion writes a batch with a few multi-row statements; the re-entry gap must still see the
-/// entries the same batch created, and a messageId repeated inside one batch is stored once.
+// Ingestion writes a batch with a few multi-row statements; the re-entry gap must still see the
+// entries the same batch created, and a messageId repeated inside one batch is stored once.
 both_backends!(
     reentry_gap_holds_within_and_across_batches,
     |db: TestDb| async move {
