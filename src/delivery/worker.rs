@@ -2,7 +2,7 @@
 //! the attempt timeout while a heartbeat keeps the batch's leases alive, and write the outcomes
 //! back together at the end of the batch (one commit), each fenced by its lease version.
 //!
-//! Consent is checked again just before sending: a user who unsubscribed after the decision is
+//! Consent is checked again when the batch is claimed: a user who unsubscribed after the decision is
 //! not messaged (the message is cancelled, its assignment `suppressed`).
 //!
 //! Shutdown: once cancelled, a worker finishes the send in flight, hands the rest of its batch
@@ -22,7 +22,7 @@ use crate::{
     clock::SharedClock,
     outbox::Payload,
     rules::RulesHandle,
-    store::{CapRules, ClaimedMessage, Finish, Store},
+    store::{CapRules, ClaimedMessage, Finish, Store, UserRecord},
 };
 
 /// What one batch (or one idle run) did.
@@ -258,6 +258,15 @@ impl Delivery {
                 "MessageCapped"
             );
         }
+        // Consent and addresses of the batch's recipients, read once for the batch (two queries
+        // instead of two per message): per-message reads made the round trips to SQLite's worker
+        // thread, not the sends, the bound of delivery.
+        let ids: Vec<&str> = claim.messages.iter().map(|m| m.user_id.as_str()).collect();
+        let users = if ids.is_empty() {
+            Default::default()
+        } else {
+            self.store.users(&ids).await?
+        };
         let mut lost = HashSet::new();
         // Outcomes of finished sends, written back together (one commit per batch, not per
         // message); their leases stay heartbeated until then.
@@ -285,7 +294,7 @@ impl Delivery {
                 recorded.insert(msg.id);
                 continue;
             }
-            if let Some(reason) = self.no_longer_reachable(msg).await? {
+            if let Some(reason) = no_longer_reachable(msg, users.get(&msg.user_id)) {
                 recorded.insert(msg.id);
                 match self.suppress(msg, &reason).await? {
                     Outcome::Suppressed => report.suppressed += 1,
@@ -534,23 +543,6 @@ impl Delivery {
         }
     }
 
-    /// Why the user can no longer receive this message, if they cannot: consent and unsubscribes
-    /// are checked again at send time, because a send time can be hours after the decision.
-    /// Messages to users nudge does not know (direct sends) are not held back.
-    async fn no_longer_reachable(&self, msg: &ClaimedMessage) -> Result<Option<String>, DeliveryError> {
-        let Some(user) = self.store.user(&msg.user_id).await? else {
-            return Ok(None);
-        };
-        let reason = match msg.channel.as_str() {
-            "email" if user.unsubscribed => "email: unsubscribed",
-            "email" if user.email_bounced => "email: address hard-bounced (suppressed)",
-            "email" if !user.can_receive_email() => "email: no address or email_consent is false",
-            "push" if !user.can_receive_push() => "push: no device token or push_consent is false",
-            _ => return Ok(None),
-        };
-        Ok(Some(format!("suppressed at send time ({reason})")))
-    }
-
     async fn suppress(&self, msg: &ClaimedMessage, reason: &str) -> Result<Outcome, DeliveryError> {
         let now = self.clock.now();
         if !self
@@ -572,4 +564,19 @@ impl Delivery {
             .increment(1);
         Ok(Outcome::Suppressed)
     }
+}
+
+/// Why the user can no longer receive this message, if they cannot: consent and unsubscribes
+/// are checked again at send time (as of the batch's claim), because a send time can be hours
+/// after the decision. Messages to users nudge does not know (direct sends) are not held back.
+fn no_longer_reachable(msg: &ClaimedMessage, user: Option<&UserRecord>) -> Option<String> {
+    let user = user?;
+    let reason = match msg.channel.as_str() {
+        "email" if user.unsubscribed => "email: unsubscribed",
+        "email" if user.email_bounced => "email: address hard-bounced (suppressed)",
+        "email" if !user.can_receive_email() => "email: no address or email_consent is false",
+        "push" if !user.can_receive_push() => "push: no device token or push_consent is false",
+        _ => return None,
+    };
+    Some(format!("suppressed at send time ({reason})"))
 }
