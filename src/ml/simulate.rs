@@ -731,9 +731,8 @@ mod tests {
         let users: Vec<UserTruth> = (0..4_000)
             .map(|i| draw_user(&mut StdRng::seed_from_u64(i), 0, &o))
             .collect();
-        let ratio = |u: &UserTruth| {
-            u.email_open_rate.min(u.push_open_rate) / u.email_open_rate.max(u.push_open_rate)
-        };
+        let ratio =
+            |u: &UserTruth| u.email_open_rate.min(u.push_open_rate) / u.email_open_rate.max(u.push_open_rate);
         let share = |keep: &dyn Fn(&UserTruth) -> bool, among: &dyn Fn(&UserTruth) -> bool| {
             let group: Vec<_> = users.iter().filter(|u| among(u)).collect();
             group.iter().filter(|u| keep(u)).count() as f64 / group.len() as f64
@@ -742,7 +741,11 @@ mod tests {
         let clear = share(&|u| ratio(u) <= 0.4, &|_| true);
         assert!((0.93..0.97).contains(&clear), "{clear}");
         assert!(users.iter().all(|u| ratio(u) >= 0.1 * 0.85 / 1.15 - 1e-9));
-        assert!(users.iter().all(|u| u.email_open_rate.max(u.push_open_rate) < 0.7));
+        assert!(
+            users
+                .iter()
+                .all(|u| u.email_open_rate.max(u.push_open_rate) < 0.7)
+        );
         // Phones lean to push, the web and paid plans to email.
         let push_best = |u: &UserTruth| u.best_channel == "push";
         let ios = share(&push_best, &|u| u.platform == "ios");
