@@ -61,9 +61,14 @@ pub struct UserFeatures {
     pub recency_days: Option<f64>,
     pub sessions_7d: u32,
     pub sessions_30d: u32,
+    /// All sessions before the cut-off.
+    pub sessions_total: u32,
     pub engagements_total: u32,
     /// Days since the user's first event or `created_at` trait, whichever is earlier.
     pub tenure_days: f64,
+    /// Days since the user's first event (0 without one): how long the counts had to accumulate,
+    /// so `sessions_total / observed_days` estimates the user's daily activity from all of it.
+    pub observed_days: f64,
     pub goals_30d: u32,
     pub goals_total: u32,
     /// Indexed like [`CHANNELS`].
@@ -349,8 +354,10 @@ impl<'a> FeatureAccumulator<'a> {
             recency_days: self.last_engagement.map(days_ago),
             sessions_7d: within(&self.sessions, 7.0),
             sessions_30d: within(&self.sessions, 30.0),
+            sessions_total: self.sessions.len() as u32,
             engagements_total: self.engagements_total,
             tenure_days: first.map_or(0.0, days_ago),
+            observed_days: self.first_event.map_or(0.0, days_ago),
             goals_30d: within(&self.goals, 30.0),
             goals_total: self.goals.len() as u32,
             channels,
@@ -411,8 +418,9 @@ pub async fn load_features(
     Ok((encoder, population, features))
 }
 
-/// Names of the columns of [`UserFeatures::propensity_row`].
-pub const PROPENSITY_COLUMNS: [&str; 15] = [
+/// Names of the columns of [`UserFeatures::propensity_row`]. New columns go at the end: stored
+/// models and drift references index the columns by position.
+pub const PROPENSITY_COLUMNS: [&str; 18] = [
     "recency_days",
     "sessions_7d",
     "sessions_30d",
@@ -428,13 +436,19 @@ pub const PROPENSITY_COLUMNS: [&str; 15] = [
     "plan",
     "country",
     "platform",
+    "observed_days",
+    "sessions_per_day",
+    "goals_per_day",
 ];
 
 impl UserFeatures {
     /// The numeric row propensity models train on (trait codes as ordinal numbers: trees split
     /// them fine when few values exist). No engagement yet reads as a recency of 365 days.
+    /// Per-day rates divide by at least one day, so a user first seen an hour ago is not read
+    /// as hyperactive.
     pub fn propensity_row(&self) -> Vec<f64> {
         let [email, push] = &self.channels;
+        let days = self.observed_days.max(1.0);
         vec![
             self.recency_days.unwrap_or(365.0),
             f64::from(self.sessions_7d),
@@ -451,6 +465,9 @@ impl UserFeatures {
             f64::from(self.traits[0]),
             f64::from(self.traits[1]),
             f64::from(self.traits[2]),
+            self.observed_days,
+            f64::from(self.sessions_total) / days,
+            f64::from(self.goals_total) / days,
         ]
     }
 }
@@ -546,6 +563,15 @@ mod tests {
         );
         let a = &f[0];
         assert_eq!((a.sessions_7d, a.sessions_30d, a.engagements_total), (0, 1, 3));
+        assert_eq!(a.sessions_total, 1);
+        // First event 2026-03-02T07:00Z, 7 days 17 h before the cut-off.
+        assert!((a.observed_days - (cutoff - ms("2026-03-02T07:00:00Z")) as f64 / DAY_MS).abs() < 1e-9);
+        let row = a.propensity_row();
+        assert!(
+            (row[16] - 1.0 / a.observed_days).abs() < 1e-12,
+            "sessions per day"
+        );
+        assert!((row[17] - 1.0 / a.observed_days).abs() < 1e-12, "goals per day");
         assert_eq!((a.goals_total, a.goals_30d), (1, 1));
         assert_eq!(a.channels[0].delivered, 1);
         assert_eq!((a.channels[0].opened, a.channels[0].clicked), (1, 1));

@@ -5,8 +5,10 @@
 //! and hidden parameters the data is drawn from:
 //! - an engagement curve over local time: one or two peaks (bimodal users have a weekday commute
 //!   peak and an evening peak) over a small floor; sessions, opens and goals happen at its hours;
-//! - a channel affinity: a base open rate per channel; a message is opened with probability
-//!   `base × (0.2 + 0.8 × curve(send hour))`, so timing matters as much as channel;
+//! - a channel affinity, as real users have one: most prefer one channel (push more often on
+//!   phones, email more often on paid plans) and open the other far less (0.1–0.4× the preferred
+//!   channel's rate); a few (5%) are near-indifferent. A message is opened with probability
+//!   `base × (0.2 + 0.8 × curve(send hour))`, so timing matters as well as channel;
 //! - a daily conversion rate, the logistic of plan, country, tenure and activity; the truth states
 //!   it as the probability of a goal within [`PROPENSITY_WINDOW_DAYS`].
 //!
@@ -156,7 +158,9 @@ pub struct UserTruth {
     pub peak_hours_of_week: Vec<u16>,
     /// Mean sessions per day.
     pub activity: f64,
-    /// Base open rate per channel at a perfect hour.
+    /// Base open rate per channel at a perfect hour (see [`draw_open_rates`]): the preferred
+    /// channel's in 0.3–0.7, the other 0.1–0.4× that; near-indifferent users have two rates
+    /// within ±15% of a common one.
     pub email_open_rate: f64,
     pub push_open_rate: f64,
     /// The channel with the higher base open rate (consent aside).
@@ -236,13 +240,21 @@ const COUNTRIES: [(&str, &[&str], f64, f64); 6] = [
     ("BR", &["America/Sao_Paulo"], 0.1, -0.2),
     ("JP", &["Asia/Tokyo"], 0.1, 0.0),
 ];
-const PLANS: [(&str, f64, f64, f64); 3] = [
-    // (plan, share, effect on conversion, mean order value)
-    ("free", 0.6, 0.0, 25.0),
-    ("basic", 0.3, 0.6, 40.0),
-    ("pro", 0.1, 1.2, 80.0),
+const PLANS: [(&str, f64, f64, f64, f64); 3] = [
+    // (plan, share, effect on conversion, mean order value, shift away from preferring push)
+    ("free", 0.6, 0.0, 25.0, 0.0),
+    ("basic", 0.3, 0.6, 40.0, 0.1),
+    ("pro", 0.1, 1.2, 80.0, 0.2),
 ];
-const PLATFORMS: [(&str, f64); 3] = [("ios", 0.35), ("android", 0.4), ("web", 0.25)];
+const PLATFORMS: [(&str, f64, f64); 3] = [
+    // (platform, share, share preferring push before the plan's shift)
+    ("ios", 0.35, 0.55),
+    ("android", 0.4, 0.45),
+    ("web", 0.25, 0.15),
+];
+/// Users whose two channels are about as good as each other: their best channel is a coin flip
+/// no history can call, so a perfect score is out of reach by design.
+const INDIFFERENT_SHARE: f64 = 0.05;
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T], share: impl Fn(&T) -> f64) -> &'a T {
     let total: f64 = items.iter().map(&share).sum();
@@ -277,12 +289,36 @@ fn logistic(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
+/// Base open rates (email, push) at a perfect hour. Real users mostly have a channel they use
+/// and one they neglect (many never open push, others never read email): with probability
+/// `push_share` push is preferred, else email; the preferred channel's rate is U(0.3, 0.7) (about
+/// 10–24% of messages opened at uniformly varied hours) and the other's U(0.1, 0.4)× that. A
+/// share [`INDIFFERENT_SHARE`] has no preference: a common rate U(0.2, 0.6) times U(0.85, 1.15)
+/// per channel. `scripts/ml_channel_bound.py` mirrors this draw.
+fn draw_open_rates(rng: &mut StdRng, push_share: f64) -> (f64, f64) {
+    let prefers_push = rng.r#gen::<f64>() < push_share;
+    if rng.r#gen::<f64>() < INDIFFERENT_SHARE {
+        let common = rng.gen_range(0.2..0.6);
+        return (
+            common * rng.gen_range(0.85..1.15),
+            common * rng.gen_range(0.85..1.15),
+        );
+    }
+    let preferred = rng.gen_range(0.3..0.7);
+    let other = preferred * rng.gen_range(0.1..0.4);
+    if prefers_push {
+        (other, preferred)
+    } else {
+        (preferred, other)
+    }
+}
+
 /// Draws one user's hidden parameters.
 fn draw_user(rng: &mut StdRng, index: usize, opts: &SimulateOptions) -> UserTruth {
     let (country, zones, _, country_effect) = *pick(rng, &COUNTRIES, |c| c.2);
     let timezone = zones[rng.gen_range(0..zones.len())];
-    let (plan, _, plan_effect, _) = *pick(rng, &PLANS, |p| p.1);
-    let (platform, _) = *pick(rng, &PLATFORMS, |p| p.1);
+    let (plan, _, plan_effect, _, away_from_push) = *pick(rng, &PLANS, |p| p.1);
+    let (platform, _, push_share) = *pick(rng, &PLATFORMS, |p| p.1);
     let jitter = |rng: &mut StdRng, spread: f64| normal(rng) * spread;
     let profile = rng.r#gen::<f64>();
     let peaks = if profile < 0.35 {
@@ -319,8 +355,7 @@ fn draw_user(rng: &mut StdRng, index: usize, opts: &SimulateOptions) -> UserTrut
     let mobile = platform != "web";
     let email_consent = rng.r#gen::<f64>() < 0.9;
     let push_consent = mobile && rng.r#gen::<f64>() < 0.6;
-    let email_open_rate = 0.1 + 0.4 * rng.r#gen::<f64>();
-    let push_open_rate = 0.05 + 0.4 * rng.r#gen::<f64>();
+    let (email_open_rate, push_open_rate) = draw_open_rates(rng, push_share - away_from_push);
     let signup_days_before = if rng.r#gen::<f64>() < 0.85 {
         rng.gen_range(0.0..730.0)
     } else {
@@ -688,6 +723,35 @@ mod tests {
         let at = sent_at(&fixed_history);
         let nine = at.iter().filter(|&&h| h == 9).count() as f64 / at.len() as f64;
         assert!(nine > 0.85 && nine < 0.97, "{nine}");
+    }
+
+    #[test]
+    fn most_users_clearly_prefer_one_channel() {
+        let o = opts(1, 1);
+        let users: Vec<UserTruth> = (0..4_000)
+            .map(|i| draw_user(&mut StdRng::seed_from_u64(i), 0, &o))
+            .collect();
+        let ratio =
+            |u: &UserTruth| u.email_open_rate.min(u.push_open_rate) / u.email_open_rate.max(u.push_open_rate);
+        let share = |keep: &dyn Fn(&UserTruth) -> bool, among: &dyn Fn(&UserTruth) -> bool| {
+            let group: Vec<_> = users.iter().filter(|u| among(u)).collect();
+            group.iter().filter(|u| keep(u)).count() as f64 / group.len() as f64
+        };
+        // About 95% prefer a channel at 0.1–0.4× the other; the rest are near-indifferent.
+        let clear = share(&|u| ratio(u) <= 0.4, &|_| true);
+        assert!((0.93..0.97).contains(&clear), "{clear}");
+        assert!(users.iter().all(|u| ratio(u) >= 0.1 * 0.85 / 1.15 - 1e-9));
+        assert!(
+            users
+                .iter()
+                .all(|u| u.email_open_rate.max(u.push_open_rate) < 0.7)
+        );
+        // Phones lean to push, the web and paid plans to email.
+        let push_best = |u: &UserTruth| u.best_channel == "push";
+        let ios = share(&push_best, &|u| u.platform == "ios");
+        let web = share(&push_best, &|u| u.platform == "web");
+        let pro = share(&push_best, &|u| u.platform == "ios" && u.plan == "pro");
+        assert!(ios > 0.45 && web < 0.25 && pro < ios, "{ios} {web} {pro}");
     }
 
     #[test]

@@ -478,10 +478,10 @@ fn acceptance_channel_choice_matches_the_truth() {
     assert!(accuracy > most_used + 0.05 && accuracy > always_email + 0.03);
 }
 
-/// What the channel test demands. The issue asked for 85%; in this world no estimator gets
-/// there (see docs/ml.md and `scripts/ml_channel_bound.py`: the Bayes-optimal choice from 60
-/// days of opens is right for about 70% of users with both channels).
-const CHANNEL_ACCURACY: f64 = 0.66;
+/// What the channel test demands: issue 6's 85%. Most simulated users clearly prefer one
+/// channel and 5% are near-indifferent; the Bayes-optimal choice from 60 days of opens is right
+/// for about 90% of users with both channels (`scripts/ml_channel_bound.py`, docs/ml.md).
+const CHANNEL_ACCURACY: f64 = 0.85;
 
 /// The propensity model's held-out rows rebuilt with the truth beside them: every user known at
 /// `T2 = now − 7 days`, features as of `T2`, label = a purchase in `[T2, now)`.
