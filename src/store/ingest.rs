@@ -159,39 +159,25 @@ impl Store {
                 }
             }
 
-            // Re-entry gaps: the last entry of each (campaign, user) with a gap, one query per
-            // campaign and chunk of users; entries created earlier in this batch count too.
+            // Re-entry gaps: the last entry of each (campaign, user) with a gap, one indexed point
+            // query per distinct pair (a 500-user IN list with GROUP BY measured seconds per
+            // chunk on SQLite under load); entries created earlier in this batch count too.
             let mut last_entry: HashMap<(&str, &str), i64> = HashMap::new();
-            let mut gapped: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            let mut asked: HashSet<(&str, &str)> = HashSet::new();
             for NewEntry { campaign, event } in &entries {
-                if matches!(campaign.reentry, Reentry::After(_)) {
-                    gapped
-                        .entry(campaign.id.as_str())
-                        .or_default()
-                        .push(event.user_id.as_str());
+                let key = (campaign.id.as_str(), event.user_id.as_str());
+                if !matches!(campaign.reentry, Reentry::After(_)) || !asked.insert(key) {
+                    continue;
                 }
-            }
-            for (campaign_id, mut users) in gapped {
-                users.sort_unstable();
-                users.dedup();
-                for chunk in users.chunks(ROWS_PER_STATEMENT) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "SELECT user_id, MAX(trigger_ts) FROM entries WHERE campaign_id = ",
-                    );
-                    q.push_bind(campaign_id);
-                    q.push(" AND user_id IN (");
-                    let mut list = q.separated(", ");
-                    for id in chunk {
-                        list.push_bind(*id);
-                    }
-                    q.push(") GROUP BY user_id");
-                    let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                    let asked: HashSet<&str> = chunk.iter().copied().collect();
-                    for (user_id, last) in rows {
-                        if let Some(u) = asked.get(user_id.as_str()) {
-                            last_entry.insert((campaign_id, *u), last);
-                        }
-                    }
+                let last: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(trigger_ts) FROM entries WHERE campaign_id = $1 AND user_id = $2",
+                )
+                .bind(key.0)
+                .bind(key.1)
+                .fetch_one(&mut *tx)
+                .await?;
+                if let Some(last) = last {
+                    last_entry.insert(key, last);
                 }
             }
             let mut rows = Vec::with_capacity(entries.len());
