@@ -66,7 +66,7 @@ fn bench_user(u: usize, now: i64) -> BenchUser {
         traits: serde_json::json!({"plan": plan, "first_name": "Ann", "email": email, "timezone": zone})
             .to_string(),
         email: Some(email),
-        push_token: (u % 2 == 0).then(|| format!("device-{u}")),
+        push_token: u.is_multiple_of(2).then(|| format!("device-{u}")),
         timezone: Some(zone.into()),
         created_at: now - 86_400_000 * (u % 365) as i64,
     }

@@ -313,9 +313,9 @@ impl Delivery {
     }
 
     /// Writes back every unrecorded outcome in one transaction, then logs and counts each.
-    async fn record_all<'m>(
+    async fn record_all(
         &self,
-        unrecorded: &mut Vec<(&'m ClaimedMessage, Result<(), SendError>)>,
+        unrecorded: &mut Vec<(&ClaimedMessage, Result<(), SendError>)>,
         recorded: &mut HashSet<i64>,
         report: &mut BatchReport,
     ) -> Result<(), DeliveryError> {
