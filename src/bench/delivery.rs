@@ -7,10 +7,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -170,7 +167,7 @@ async fn smtp(ctx: &Ctx) -> anyhow::Result<StageResult> {
 
 async fn push(ctx: &Ctx) -> anyhow::Result<StageResult> {
     let n = ctx.sizes.delivery_messages;
-    let (url, received) = push_sink().await?;
+    let (url, received) = super::latency::arrival_sink().await?;
     let dir = ctx.folder("delivery-push")?;
     let (store, _) = super::sqlite_store(&dir).await?;
     let now = Utc::now();
@@ -198,12 +195,8 @@ async fn push(ctx: &Ctx) -> anyhow::Result<StageResult> {
     };
     let seconds = deliver(&store, config, n).await?;
     store.close().await;
-    if received.load(Ordering::SeqCst) < n as u64 {
-        anyhow::bail!(
-            "the push sink saw {} of {n} pushes",
-            received.load(Ordering::SeqCst)
-        );
-    }
+    let seen = received.lock().expect("not poisoned").len();
+    anyhow::ensure!(seen >= n, "the push sink saw {seen} of {n} pushes");
 
     // Reference: the same request bodies, same concurrency, a plain HTTP client.
     let bodies: Vec<String> = (0..n)
@@ -297,26 +290,4 @@ async fn deliver(store: &Store, config: DeliveryConfig, n: usize) -> anyhow::Res
         "{sent} of {n} messages sent (the rest failed)"
     );
     Ok(seconds)
-}
-
-/// A push gateway on loopback that answers 200 and counts; returns its URL and the count.
-pub(super) async fn push_sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
-    let count = Arc::new(AtomicU64::new(0));
-    let seen = count.clone();
-    let app = axum::Router::new().route(
-        "/send",
-        axum::routing::post(move |_body: axum::body::Bytes| {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-                axum::Json(serde_json::json!({"name": "ok"}))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((format!("http://{addr}/send"), count))
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::{Ctx, StageResult, WRITE_KEY};
+use super::{Ctx, StageResult};
 use crate::store::{BenchEvent, Store};
 
 const BATCH: usize = 1_000;
@@ -87,20 +87,7 @@ async fn measure(ctx: &Ctx, dir: &std::path::Path, store: Store, raw: Store) -> 
         let (client, url) = (client.clone(), url.clone());
         tasks.spawn(async move {
             for body in mine {
-                let r = client
-                    .post(&url)
-                    .basic_auth(WRITE_KEY, Some(""))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    anyhow::bail!(
-                        "POST /v1/batch answered {}: {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    );
-                }
+                super::post_batch(&client, &url, body).await?;
             }
             anyhow::Ok(())
         });

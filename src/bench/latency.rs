@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, StageResult, WRITE_KEY, percentile};
+use super::{Ctx, StageResult, percentile};
 use crate::{
     delivery::{Delivery, DeliveryConfig},
     engine::Engine,
@@ -77,14 +77,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<StageResult>> {
                     s.insert(b * PER_BATCH + i, start);
                 }
             }
-            let r = client
-                .post(&url)
-                .basic_auth(WRITE_KEY, Some(""))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "POST /v1/batch answered {}", r.status());
+            super::post_batch(&client, &url, body).await?;
             round_trips
                 .lock()
                 .expect("not poisoned")
@@ -169,10 +162,11 @@ fn batch(b: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({ "batch": events })).expect("JSON values serialise")
 }
 
-type Arrivals = Arc<Mutex<Vec<(u64, Instant)>>>;
+pub(super) type Arrivals = Arc<Mutex<Vec<(u64, Instant)>>>;
 
-/// A push gateway that records when each ping (its body is the event's `seq`) arrived.
-async fn arrival_sink() -> anyhow::Result<(String, Arrivals)> {
+/// A push gateway on loopback that answers 200 and records each push's arrival (with its body
+/// as a number when it is one: the latency stage's `seq`; 0 otherwise).
+pub(super) async fn arrival_sink() -> anyhow::Result<(String, Arrivals)> {
     let arrivals: Arrivals = Arc::default();
     let seen = arrivals.clone();
     let app = axum::Router::new().route(
@@ -181,12 +175,11 @@ async fn arrival_sink() -> anyhow::Result<(String, Arrivals)> {
             let seen = seen.clone();
             async move {
                 let at = Instant::now();
-                if let Some(seq) = body["message"]["notification"]["body"]
+                let seq = body["message"]["notification"]["body"]
                     .as_str()
                     .and_then(|s| s.parse::<u64>().ok())
-                {
-                    seen.lock().expect("not poisoned").push((seq, at));
-                }
+                    .unwrap_or(0);
+                seen.lock().expect("not poisoned").push((seq, at));
                 axum::Json(json!({"name": "ok"}))
             }
         }),

@@ -565,6 +565,25 @@ pub(crate) async fn serve_http(engine: std::sync::Arc<crate::engine::Engine>) ->
 
 pub(crate) const WRITE_KEY: &str = "wk_bench";
 
+/// `POST /v1/batch` with the bench's write key, as a Segment client sends it; errors unless 2xx.
+pub(crate) async fn post_batch(client: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    let r = client
+        .post(url)
+        .basic_auth(WRITE_KEY, Some(""))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        anyhow::bail!(
+            "POST /v1/batch answered {}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 /// Percentile (0–100) of sorted values, nearest rank.
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
