@@ -39,7 +39,7 @@ impl Store {
     pub async fn bench_insert_events(&self, rows: &[BenchEvent], received_at: i64) -> Result<()> {
         match &self.db {
             Db::Sqlite(pool) => {
-                let mut tx = pool.begin_write().await?;
+                let mut tx = pool.begin_write(&self.gate).await?;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     let mut insert = sqlx::QueryBuilder::new(
                         "INSERT INTO events (message_id, user_id, kind, name, properties, ts, received_at) ",
@@ -86,7 +86,7 @@ impl Store {
     /// Set-up: new users in one transaction, skipping ids already stored.
     pub async fn bench_insert_users(&self, users: &[BenchUser], now: i64) -> Result<()> {
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             for chunk in users.chunks(ROWS_PER_STATEMENT) {
                 let mut insert = sqlx::QueryBuilder::new(
                     "INSERT INTO users (id, traits, email, push_token, timezone, created_at, updated_at) ",
@@ -120,7 +120,7 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             for (c, chunk) in users.chunks(ROWS_PER_STATEMENT).enumerate() {
                 let base = first_id + (c * ROWS_PER_STATEMENT) as i64;
                 let ids: Vec<i64> = (0..chunk.len() as i64).map(|i| base + i).collect();
@@ -202,7 +202,7 @@ impl Store {
     /// Deletes every row the cron fan-out reference wrote.
     pub async fn bench_clear_reference(&self) -> Result<()> {
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             for sql in [
                 "DELETE FROM message_log WHERE campaign_id = 'bench_reference'",
                 "DELETE FROM outbox WHERE campaign_id = 'bench_reference'",

@@ -37,7 +37,7 @@ impl Store {
         for transaction in plain.chunks(ROWS_PER_TRANSACTION) {
             let mut stored = 0u64;
             with_db!(self, |pool| {
-                let mut tx = pool.begin_write().await?;
+                let mut tx = pool.begin_write(&self.gate).await?;
                 for rows in transaction.chunks(ROWS_PER_STATEMENT) {
                     let mut properties = Vec::with_capacity(rows.len());
                     for e in rows {

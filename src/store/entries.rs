@@ -108,6 +108,8 @@ impl Store {
             }
         };
         let now_ms = to_millis(now);
+        // An autocommit write: it takes the writer's turn like a transaction (`WriteGate`).
+        let _turn = self.gate.enter().await;
         let rows = with_db!(self, |pool| {
             sqlx::query(sql)
                 .bind(owner)
@@ -218,7 +220,7 @@ impl Store {
             Backend::Postgres => " FOR UPDATE",
         };
         let committed = with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
 
             // The fence: entries still waiting and still under the lease version we claimed.
             let mut current: HashMap<i64, i64> = HashMap::with_capacity(batch.len());
@@ -443,6 +445,8 @@ impl Store {
         detail: &Value,
         at: DateTime<Utc>,
     ) -> Result<()> {
+        // An autocommit write: it takes the writer's turn like a transaction (`WriteGate`).
+        let _turn = self.gate.enter().await;
         with_db!(self, |pool| {
             sqlx::query(
                 "INSERT INTO message_log (user_id, campaign_id, outbox_id, at, kind, detail)
@@ -483,7 +487,7 @@ impl Store {
             ),
         };
         let created = with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             let won = sqlx::query(
                 "INSERT INTO cron_firings (campaign_id, fire_at, node, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (campaign_id, fire_at) DO NOTHING",

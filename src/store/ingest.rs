@@ -68,7 +68,7 @@ impl Store {
 
         let mut outcome = IngestOutcome::default();
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
 
             // Users: the batch's users read in one query per chunk (locked on PostgreSQL, so two
             // batches never merge traits over each other), written in one upsert per chunk.

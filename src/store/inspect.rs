@@ -70,7 +70,7 @@ impl Store {
         use super::WritePool;
         let now = chrono::Utc::now().timestamp_millis();
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             for i in 0..n {
                 sqlx::query(
                     "INSERT INTO events (message_id, user_id, kind, name, properties, ts, received_at)

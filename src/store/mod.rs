@@ -110,24 +110,84 @@ macro_rules! with_db {
 }
 pub(crate) use with_db;
 
-/// Opens a write transaction. On SQLite it is `BEGIN IMMEDIATE`: taking the write lock up front
-/// avoids the deferred read→write upgrade that fails with SQLITE_BUSY under concurrent writers.
+/// The order in which this process's writers take SQLite's one write lock.
+///
+/// SQLite lets one writer in at a time; a connection that finds the lock taken waits in SQLite's
+/// busy handler, which sleeps 1, 2, 5 … up to 100 ms between tries and lets whoever wakes first
+/// in. With ingestion, the decision loop and four delivery workers writing at once, those sleeps
+/// (not the writes) set the latency: the lock sat free while every waiter slept. Writers of one
+/// [`Store`] queue here instead, first come first served, and each finds the lock free. Other
+/// processes writing the same file still meet the busy handler. PostgreSQL has no gate.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WriteGate(Option<std::sync::Arc<tokio::sync::Mutex<()>>>);
+
+impl WriteGate {
+    fn sqlite() -> Self {
+        WriteGate(Some(std::sync::Arc::default()))
+    }
+
+    /// Waits for this writer's turn; the turn lasts until the guard is dropped.
+    pub(crate) async fn enter(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.0 {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        }
+    }
+}
+
+/// A write transaction that holds its writer's turn (see [`WriteGate`]) until it commits, rolls
+/// back or is dropped. Derefs to the connection, like sqlx's `Transaction`.
+pub(crate) struct WriteTx<DB: sqlx::Database> {
+    tx: Transaction<'static, DB>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<DB: sqlx::Database> WriteTx<DB> {
+    pub(crate) async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await
+    }
+
+    pub(crate) async fn rollback(self) -> sqlx::Result<()> {
+        self.tx.rollback().await
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+/// Opens a write transaction in the writer's turn. On SQLite it is `BEGIN IMMEDIATE`: taking the
+/// write lock up front avoids the deferred read→write upgrade that fails with SQLITE_BUSY under
+/// concurrent writers.
 pub(crate) trait WritePool: Sized {
     type Db: sqlx::Database;
-    async fn begin_write(&self) -> sqlx::Result<Transaction<'static, Self::Db>>;
+    async fn begin_write(&self, gate: &WriteGate) -> sqlx::Result<WriteTx<Self::Db>>;
 }
 
 impl WritePool for SqlitePool {
     type Db = sqlx::Sqlite;
-    async fn begin_write(&self) -> sqlx::Result<Transaction<'static, sqlx::Sqlite>> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    async fn begin_write(&self, gate: &WriteGate) -> sqlx::Result<WriteTx<sqlx::Sqlite>> {
+        let turn = gate.enter().await;
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 }
 
 impl WritePool for PgPool {
     type Db = sqlx::Postgres;
-    async fn begin_write(&self) -> sqlx::Result<Transaction<'static, sqlx::Postgres>> {
-        self.begin().await
+    async fn begin_write(&self, gate: &WriteGate) -> sqlx::Result<WriteTx<sqlx::Postgres>> {
+        let turn = gate.enter().await;
+        let tx = self.begin().await?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 }
 
@@ -135,6 +195,7 @@ impl WritePool for PgPool {
 pub struct Store {
     db: Db,
     backend: Backend,
+    gate: WriteGate,
 }
 
 /// How many connections a pool may open.
@@ -170,6 +231,7 @@ impl Store {
             Ok(Store {
                 db: Db::Sqlite(pool),
                 backend: Backend::Sqlite,
+                gate: WriteGate::sqlite(),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
@@ -180,6 +242,7 @@ impl Store {
             Ok(Store {
                 db: Db::Postgres(pool),
                 backend: Backend::Postgres,
+                gate: WriteGate::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))

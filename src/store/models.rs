@@ -87,7 +87,7 @@ impl Store {
     pub async fn insert_model(&self, m: &NewModel<'_>) -> Result<ModelRow> {
         let card = serde_json::to_string(m.card)?;
         let id = with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             let version: i64 = sqlx::query_scalar::<_, i64>(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE kind = $1 AND goal = $2",
             )
@@ -167,7 +167,7 @@ impl Store {
     pub async fn insert_model_drift(&self, model_id: i64, at: DateTime<Utc>, psi: &Value) -> Result<()> {
         let psi = serde_json::to_string(psi)?;
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             sqlx::query(
                 "INSERT INTO model_drift (model_id, measured_at, psi) VALUES ($1, $2, $3)
                  ON CONFLICT (model_id, measured_at) DO NOTHING",
@@ -206,7 +206,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let won = with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             let won = sqlx::query(
                 "INSERT INTO cron_firings (campaign_id, fire_at, node, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (campaign_id, fire_at) DO NOTHING",

@@ -206,6 +206,17 @@ struct Candidate {
     due_at: i64,
 }
 
+/// A recorded send a claim counts against caps.
+struct RecentSend {
+    outbox_id: i64,
+    channel: String,
+    campaign_id: String,
+    at: i64,
+}
+
+/// Rows bound per statement when a claim leases or records its batch.
+const ROWS_PER_STATEMENT: usize = 200;
+
 impl Store {
     /// Claims up to `limit` due messages for `owner`, oldest due first and, among those due at
     /// the same time, higher campaign priority first.
@@ -245,7 +256,7 @@ impl Store {
         let lease_until = now + lease;
         let mut claim = Claim::default();
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             let candidates = sqlx::query(select)
                 .bind(now_ms)
                 .bind(limit)
@@ -284,21 +295,59 @@ impl Store {
                         .await?;
                 }
             }
-            for c in candidates {
-                // Read after the user lock: on PostgreSQL each statement sees what concurrent
-                // claims for this user committed before we got the lock.
-                let capped = match (Channel::parse(&c.channel), caps.longest(&c.campaign_id)) {
-                    (Some(channel), Some(window)) => {
-                        let sends = sqlx::query_as::<_, (String, String, i64)>(
-                            "SELECT channel, campaign_id, at FROM sends
-                             WHERE user_id = $1 AND at > $2 AND outbox_id <> $3",
-                        )
-                        .bind(&c.user_id)
-                        .bind(to_millis(now - window))
-                        .bind(c.id)
+            // The recorded sends of the candidates' users inside the batch's longest cap window,
+            // read once after the user locks (on PostgreSQL each statement sees what concurrent
+            // claims for these users committed before we got the locks). Each lease below adds
+            // to it, as its `sends` row would, so a user's later candidates count the earlier.
+            let mut sends: HashMap<String, Vec<RecentSend>> = HashMap::new();
+            if let Some(window) = candidates
+                .iter()
+                .filter_map(|c| caps.longest(&c.campaign_id))
+                .max()
+            {
+                let mut users: Vec<&str> = candidates.iter().map(|c| c.user_id.as_str()).collect();
+                users.sort_unstable();
+                users.dedup();
+                for chunk in users.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT outbox_id, user_id, channel, campaign_id, at FROM sends WHERE at > ",
+                    );
+                    q.push_bind(to_millis(now - window));
+                    q.push(" AND user_id IN (");
+                    let mut ids = q.separated(", ");
+                    for user in chunk {
+                        ids.push_bind(*user);
+                    }
+                    q.push(")");
+                    let rows = q
+                        .build_query_as::<(i64, String, String, String, i64)>()
                         .fetch_all(&mut *tx)
                         .await?;
-                        caps.check(&c.campaign_id, channel, &sends, now)
+                    for (outbox_id, user, channel, campaign_id, at) in rows {
+                        sends.entry(user).or_default().push(RecentSend {
+                            outbox_id,
+                            channel,
+                            campaign_id,
+                            at,
+                        });
+                    }
+                }
+            }
+            let mut leased = Vec::with_capacity(candidates.len());
+            for c in candidates {
+                let capped = match (Channel::parse(&c.channel), caps.longest(&c.campaign_id)) {
+                    (Some(channel), Some(window)) => {
+                        let from = to_millis(now - window);
+                        // A row taken over after an expired lease still has its earlier send:
+                        // it is this message, not another one.
+                        let recent: Vec<(String, String, i64)> = sends
+                            .get(&c.user_id)
+                            .into_iter()
+                            .flatten()
+                            .filter(|s| s.outbox_id != c.id && s.at > from)
+                            .map(|s| (s.channel.clone(), s.campaign_id.clone(), s.at))
+                            .collect();
+                        caps.check(&c.campaign_id, channel, &recent, now)
                     }
                     // An unknown channel is failed by the sender; no cap applies to it.
                     _ => None,
@@ -333,6 +382,9 @@ impl Store {
                     .bind(json!({ "reason": reason, "stage": "delivery", "channel": c.channel }).to_string())
                     .execute(&mut *tx)
                     .await?;
+                    if let Some(list) = sends.get_mut(&c.user_id) {
+                        list.retain(|s| s.outbox_id != c.id);
+                    }
                     crate::fault::point("claim.after_capped")?;
                     claim.capped.push(CappedMessage {
                         id: c.id,
@@ -343,31 +395,54 @@ impl Store {
                     });
                     continue;
                 }
-                let (lease_version, attempts): (i64, i64) = sqlx::query_as(
-                    "UPDATE outbox SET lease_owner = $1, lease_until = $2,
-                         lease_version = lease_version + 1, attempts = attempts + 1
-                     WHERE id = $3 RETURNING lease_version, attempts",
-                )
-                .bind(owner)
-                .bind(to_millis(lease_until))
-                .bind(c.id)
-                .fetch_one(&mut *tx)
-                .await?;
-                crate::fault::point("claim.after_lease")?;
+                let user_sends = sends.entry(c.user_id.clone()).or_default();
+                user_sends.retain(|s| s.outbox_id != c.id);
+                user_sends.push(RecentSend {
+                    outbox_id: c.id,
+                    channel: c.channel.clone(),
+                    campaign_id: c.campaign_id.clone(),
+                    at: now_ms,
+                });
+                leased.push(c);
+            }
+            // The leases and `sends` rows of the whole batch: a statement each, not one per message.
+            let mut leases: HashMap<i64, (i64, i64)> = HashMap::with_capacity(leased.len());
+            for chunk in leased.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("UPDATE outbox SET lease_owner = ");
+                q.push_bind(owner);
+                q.push(", lease_until = ");
+                q.push_bind(to_millis(lease_until));
+                q.push(", lease_version = lease_version + 1, attempts = attempts + 1 WHERE id IN (");
+                let mut ids = q.separated(", ");
+                for c in chunk {
+                    ids.push_bind(c.id);
+                }
+                q.push(") RETURNING id, lease_version, attempts");
+                for (id, version, attempts) in
+                    q.build_query_as::<(i64, i64, i64)>().fetch_all(&mut *tx).await?
+                {
+                    leases.insert(id, (version, attempts));
+                }
+            }
+            crate::fault::point("claim.after_lease")?;
+            for chunk in leased.chunks(ROWS_PER_STATEMENT) {
                 // Upsert: a row taken over after an expired lease still has its earlier send.
-                sqlx::query(
-                    "INSERT INTO sends (outbox_id, user_id, channel, campaign_id, at)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (outbox_id) DO UPDATE SET at = excluded.at",
-                )
-                .bind(c.id)
-                .bind(&c.user_id)
-                .bind(&c.channel)
-                .bind(&c.campaign_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                crate::fault::point("claim.after_send_record")?;
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO sends (outbox_id, user_id, channel, campaign_id, at) ",
+                );
+                q.push_values(chunk, |mut row, c| {
+                    row.push_bind(c.id)
+                        .push_bind(&c.user_id)
+                        .push_bind(&c.channel)
+                        .push_bind(&c.campaign_id)
+                        .push_bind(now_ms);
+                });
+                q.push(" ON CONFLICT (outbox_id) DO UPDATE SET at = excluded.at");
+                q.build().execute(&mut *tx).await?;
+            }
+            crate::fault::point("claim.after_send_record")?;
+            for c in leased {
+                let (lease_version, attempts) = leases[&c.id];
                 claim.messages.push(ClaimedMessage {
                     id: c.id,
                     idempotency_key: c.idempotency_key,
@@ -503,7 +578,7 @@ impl Store {
         };
         let mut written = Vec::with_capacity(items.len());
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             for &(id, lease_version, how) in items {
                 let query = sqlx::query_as::<_, (String, String, i64, String, i64)>(update(&how));
                 let query = match &how {
@@ -631,7 +706,7 @@ impl Store {
     /// `sends` row removed, due again at once. False if the lease was taken over.
     pub async fn release(&self, id: i64, lease_version: i64) -> Result<bool> {
         let released = with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             let n = sqlx::query(
                 "UPDATE outbox SET lease_owner = NULL, lease_until = NULL,
                      attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
@@ -657,6 +732,8 @@ impl Store {
     /// Heartbeat: moves the lease deadline to `until` while a slow send is in flight. False if
     /// the lease was taken over (the caller has lost the message).
     pub async fn extend_lease(&self, id: i64, lease_version: i64, until: DateTime<Utc>) -> Result<bool> {
+        // An autocommit write: it takes the writer's turn like a transaction (`WriteGate`).
+        let _turn = self.gate.enter().await;
         let n = with_db!(self, |pool| {
             sqlx::query(
                 "UPDATE outbox SET lease_until = $1
@@ -748,7 +825,7 @@ impl Store {
         let payload = serde_json::to_string(&msg.payload)?;
         let dedupe_key = format!("direct|{}", msg.idempotency_key);
         let id = with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             let entry: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO entries (campaign_id, user_id, trigger_id, dedupe_key, trigger_ts, trigger_event,
                      due_at, status, reason, created_at, decided_at)

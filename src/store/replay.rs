@@ -42,7 +42,7 @@ impl Store {
                 .await?
         });
         with_db!(target, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             for r in &rows {
                 sqlx::query(
                     "INSERT INTO users (id, traits, email, push_token, timezone, unsubscribed_at, created_at, updated_at)

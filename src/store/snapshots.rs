@@ -62,7 +62,7 @@ impl Store {
     pub async fn insert_lift_snapshots(&self, rows: &[LiftSnapshotRow]) -> Result<u64> {
         let mut written = 0;
         with_db!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             for r in rows {
                 written += sqlx::query(
                     "INSERT INTO lift_snapshots (campaign_id, day, as_of, treatment_users, treatment_conversions,

@@ -156,7 +156,7 @@ impl Store {
         let at = to_millis(at);
         with_db!(self, |pool| {
             use super::WritePool;
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write(&self.gate).await?;
             if let Some(topic) = topic {
                 sqlx::query(
                     "INSERT INTO topic_optouts (user_id, topic, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
