@@ -1314,11 +1314,18 @@ pub fn propensity_cutoffs(data_from: i64, now: i64, eval_days: u32, within_days:
         .collect()
 }
 
-fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Result<Trained, TrainError> {
-    if goal.within_days == 0 {
-        return Err(TrainError::BadGoal);
-    }
-    let prep = Prepared::new(history, opts, &goal.event);
+/// The rows a propensity model trains and is judged on: one per user and weekly cut-off before
+/// the evaluation cut-off (`now − within`), and one per user at the evaluation cut-off.
+struct PropensityRows {
+    train: Rows,
+    eval: Rows,
+    /// The features of each held-out row, in order.
+    eval_users: Vec<UserFeatures>,
+    /// The index in `Prepared::users` of each held-out row, in order.
+    eval_user_index: Vec<usize>,
+}
+
+fn propensity_rows(goal: &Goal, prep: &Prepared, opts: &TrainOptions) -> PropensityRows {
     let seed = opts.propensity_params.seed;
     let within = i64::from(goal.within_days) * DAY_MS;
     let mut cutoffs = propensity_cutoffs(prep.data_from, opts.now, opts.eval_days, goal.within_days);
@@ -1334,8 +1341,12 @@ fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Resu
         keep_share(prep.users.len(), MAX_EVAL_ROWS),
     );
     let width = PROPENSITY_COLUMNS.len();
-    let (mut train_rows, mut eval_rows) = (Rows::new(width), Rows::new(width));
-    let mut eval_users = Vec::new();
+    let mut out = PropensityRows {
+        train: Rows::new(width),
+        eval: Rows::new(width),
+        eval_users: Vec::new(),
+        eval_user_index: Vec::new(),
+    };
     for (u, &user) in prep.users.iter().enumerate() {
         let events = prep.events_of(&user.id);
         let goals: Vec<i64> = events
@@ -1366,14 +1377,57 @@ fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Resu
             }
             if let Some(f) = read(&acc, at, k) {
                 if k == 0 {
-                    eval_rows.push(f.propensity_row(), label(at));
-                    eval_users.push(f);
+                    out.eval.push(f.propensity_row(), label(at));
+                    out.eval_users.push(f);
+                    out.eval_user_index.push(u);
                 } else {
-                    train_rows.push(f.propensity_row(), label(at));
+                    out.train.push(f.propensity_row(), label(at));
                 }
             }
         }
     }
+    out
+}
+
+/// The exact rows `train` would fit and judge a propensity model on, with the id of each
+/// held-out row's user: for outside tools (scikit-learn on the same CSV) and for judging how
+/// much of the truth the observable features carry.
+pub fn export_propensity_rows(
+    goal: &Goal,
+    history: &History,
+    opts: &TrainOptions,
+) -> (ExportedRows, Vec<String>) {
+    let prep = Prepared::new(history, opts, &goal.event);
+    let rows = propensity_rows(goal, &prep, opts);
+    let ids = rows
+        .eval_user_index
+        .iter()
+        .map(|&u| prep.users[u].id.clone())
+        .collect();
+    (
+        ExportedRows {
+            columns: PROPENSITY_COLUMNS.iter().map(|c| c.to_string()).collect(),
+            train_x: rows.train.x,
+            train_y: rows.train.y,
+            eval_x: rows.eval.x,
+            eval_y: rows.eval.y,
+        },
+        ids,
+    )
+}
+
+fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Result<Trained, TrainError> {
+    if goal.within_days == 0 {
+        return Err(TrainError::BadGoal);
+    }
+    let prep = Prepared::new(history, opts, &goal.event);
+    let seed = opts.propensity_params.seed;
+    let PropensityRows {
+        train: train_rows,
+        eval: eval_rows,
+        eval_users,
+        ..
+    } = propensity_rows(goal, &prep, opts);
     check_enough(&train_rows, opts)?;
     let forest = fit(&PROPENSITY_COLUMNS, &train_rows, &opts.propensity_params)?;
     let model = PropensityModel {

@@ -519,6 +519,40 @@ fn acceptance_propensity_is_as_good_as_the_truth_allows() {
     propensity_close_to_the_truth(0.02);
 }
 
+/// Writes the propensity model's exact training and held-out rows, with each held-out user's
+/// true probability, to `$NUDGE_ML_EXPORT/propensity.csv` for `scripts/ml_propensity_reference.py`
+/// (scikit-learn models on the same rows: how much of the truth the observable features carry).
+#[test]
+#[ignore = "writes a CSV for scripts/ml_propensity_reference.py; needs NUDGE_ML_EXPORT"]
+fn export_propensity_rows_for_scikit_learn() {
+    let dir = std::path::PathBuf::from(std::env::var("NUDGE_ML_EXPORT").expect("NUDGE_ML_EXPORT: a folder"));
+    let w = acceptance_world();
+    let opts = TrainOptions {
+        now: w.now,
+        ..TrainOptions::default()
+    };
+    let (rows, ids) = models::export_propensity_rows(&purchase_goal(), &w.history, &opts);
+    let mut out = String::new();
+    out.push_str(&format!("{},label,held_out,truth\n", rows.columns.join(",")));
+    let width = rows.columns.len();
+    let cells = |row: &[f64]| row.iter().map(f64::to_string).collect::<Vec<_>>().join(",");
+    for (row, y) in rows.train_x.chunks(width).zip(&rows.train_y) {
+        out.push_str(&format!("{},{},0,\n", cells(row), u8::from(*y)));
+    }
+    for ((row, y), id) in rows.eval_x.chunks(width).zip(&rows.eval_y).zip(&ids) {
+        let truth = w.truth(id).propensity;
+        out.push_str(&format!("{},{},1,{truth}\n", cells(row), u8::from(*y)));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("propensity.csv"), out).unwrap();
+    eprintln!(
+        "wrote {} training and {} held-out rows to {}",
+        rows.train_y.len(),
+        rows.eval_y.len(),
+        dir.join("propensity.csv").display()
+    );
+}
+
 /// What holds today, so it cannot regress: gap ≤ 0.03 (0.025 measured at 3,000 users, 0.0225 at
 /// 50,000), ECE < 0.03, the card's held-out AUC the same slice.
 #[test]
