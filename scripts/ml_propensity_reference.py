@@ -12,6 +12,8 @@ user's true probability) and scores, on the same held-out rows:
   min(tenure, 3 years), log of sessions per day): a well-specified model, the best a model of
   these features can hope for.
 
+Results (50,000 users, 2026-12-03): docs/ml.md, "What remains of issue 6".
+
 Usage:
   NUDGE_ML_USERS=50000 NUDGE_ML_EXPORT=target/ml-export \\
     cargo test --release --test it export_propensity_rows -- --ignored --nocapture

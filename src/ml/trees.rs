@@ -50,7 +50,15 @@ pub struct ForestParams {
     /// recalibration; 0 skips it. Averaging trees pulls probabilities toward the mean, and this
     /// undoes that.
     pub recalibration_fraction: f64,
+    /// Grow each tree on class-weighted rows (positives weighted up to a ladder of rates around
+    /// the base rate), so rare positives shape the splits; false: plain Gini on the rows.
+    #[serde(default = "default_balance_classes")]
+    pub balance_classes: bool,
     pub seed: u64,
+}
+
+fn default_balance_classes() -> bool {
+    true
 }
 
 fn default_max_grow_rows() -> usize {
@@ -68,6 +76,7 @@ impl Default for ForestParams {
             feature_fraction: 0.8,
             prior_strength: 10.0,
             recalibration_fraction: 0.2,
+            balance_classes: true,
             seed: 1,
         }
     }
@@ -357,7 +366,11 @@ impl ProbabilityForest {
             }
             // Where this tree's leaves flip to "positive": a ladder around the base rate.
             let q = (base_rate * FLIP_LADDER[t % FLIP_LADDER.len()]).clamp(0.01, 0.99);
-            let positive_weight = ((1.0 - q) / q) as f32;
+            let positive_weight = if params.balance_classes {
+                ((1.0 - q) / q) as f32
+            } else {
+                1.0
+            };
             let records: Array2<f64> = x.select(Axis(0), &grow).select(Axis(1), &features);
             let targets: Array1<usize> = grow.iter().map(|&r| usize::from(y[r])).collect();
             let weights: Array1<f32> = grow
