@@ -221,159 +221,162 @@ impl Store {
         };
         let committed = with_db!(self, |pool| {
             let mut tx = pool.begin_write(&self.gate).await?;
+            let outcome = async {
 
-            // The fence: entries still waiting and still under the lease version we claimed.
-            let mut current: HashMap<i64, i64> = HashMap::with_capacity(batch.len());
-            for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "SELECT id, lease_version FROM entries WHERE status = 'waiting' AND id IN (",
-                );
-                let mut ids = q.separated(", ");
-                for (entry, _) in chunk {
-                    ids.push_bind(entry.id);
-                }
-                q.push(")");
-                q.push(lock);
-                for (id, version) in q.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await? {
-                    current.insert(id, version);
-                }
-            }
-            let held: Vec<&(ClaimedEntry, Decision)> = batch
-                .iter()
-                .filter(|(entry, _)| {
-                    let ours = current.get(&entry.id) == Some(&entry.lease_version);
-                    if !ours {
-                        tracing::warn!(entry = entry.id, campaign = %entry.campaign_id, "DecisionFenced: lease lost, another node decides this entry");
+                // The fence: entries still waiting and still under the lease version we claimed.
+                let mut current: HashMap<i64, i64> = HashMap::with_capacity(batch.len());
+                for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT id, lease_version FROM entries WHERE status = 'waiting' AND id IN (",
+                    );
+                    let mut ids = q.separated(", ");
+                    for (entry, _) in chunk {
+                        ids.push_bind(entry.id);
                     }
-                    ours
-                })
-                .collect();
-
-            for chunk in held.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "UPDATE entries SET status = v.column2, reason = v.column3, decided_at = ",
-                );
-                q.push_bind(now_ms);
-                q.push(", lease_owner = NULL, lease_until = NULL FROM (");
-                q.push_values(chunk.iter(), |mut row, (entry, d)| {
-                    row.push_bind(entry.id)
-                        .push_bind(d.entry_status)
-                        .push_bind(d.reason.as_deref());
-                });
-                q.push(") AS v WHERE entries.id = v.column1");
-                q.build().execute(&mut *tx).await?;
-            }
-            crate::fault::point("decision.after_fence")?;
-
-            let assigned: Vec<&(ClaimedEntry, Decision)> = held
-                .iter()
-                .copied()
-                .filter(|(_, d)| d.assignment.is_some())
-                .collect();
-            let mut assignment_ids: HashMap<i64, i64> = HashMap::with_capacity(assigned.len());
-            for chunk in assigned.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO assignments (entry_id, campaign_id, user_id, arm, channel, send_at, status,
-                        reason, assigned_at, send_time_arm) ",
-                );
-                q.push_values(chunk.iter(), |mut row, (entry, d)| {
-                    let a = d.assignment.as_ref().expect("filtered on assignments");
-                    row.push_bind(entry.id)
-                        .push_bind(&entry.campaign_id)
-                        .push_bind(&entry.user_id)
-                        .push_bind(a.arm)
-                        .push_bind(a.channel.as_deref())
-                        .push_bind(a.send_at.map(to_millis))
-                        .push_bind(a.status)
-                        .push_bind(a.reason.as_deref())
-                        .push_bind(now_ms)
-                        .push_bind(a.send_time_arm);
-                });
-                q.push(" RETURNING entry_id, id");
-                for (entry_id, id) in q.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await? {
-                    assignment_ids.insert(entry_id, id);
+                    q.push(")");
+                    q.push(lock);
+                    for (id, version) in q.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await? {
+                        current.insert(id, version);
+                    }
                 }
-            }
-            crate::fault::point("decision.after_assignment")?;
-
-            let queued: Vec<(&ClaimedEntry, &NewOutbox)> = assigned
-                .iter()
-                .filter_map(|(entry, d)| d.outbox.as_ref().map(|o| (entry, o)))
-                .collect();
-            let mut outbox_ids: HashMap<i64, i64> = HashMap::with_capacity(queued.len());
-            for chunk in queued.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO outbox (idempotency_key, assignment_id, campaign_id, user_id, channel, priority,
-                        recipient, payload, status, due_at, next_attempt_at, created_at) ",
-                );
-                q.push_values(chunk.iter(), |mut row, (entry, o)| {
-                    let due = to_millis(o.due_at);
-                    row.push_bind(&o.idempotency_key)
-                        .push_bind(assignment_ids[&entry.id])
-                        .push_bind(&entry.campaign_id)
-                        .push_bind(&entry.user_id)
-                        .push_bind(&o.channel)
-                        .push_bind(i64::from(o.priority))
-                        .push_bind(&o.recipient)
-                        .push_bind(o.payload.to_string())
-                        .push_bind("pending")
-                        .push_bind(due)
-                        .push_bind(due)
-                        .push_bind(now_ms);
-                });
-                q.push(" RETURNING assignment_id, id");
-                let by_assignment: HashMap<i64, i64> = q
-                    .build_query_as::<(i64, i64)>()
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
+                let held: Vec<&(ClaimedEntry, Decision)> = batch
+                    .iter()
+                    .filter(|(entry, _)| {
+                        let ours = current.get(&entry.id) == Some(&entry.lease_version);
+                        if !ours {
+                            tracing::warn!(entry = entry.id, campaign = %entry.campaign_id, "DecisionFenced: lease lost, another node decides this entry");
+                        }
+                        ours
+                    })
                     .collect();
-                for (entry, _) in chunk {
-                    if let Some(id) = by_assignment.get(&assignment_ids[&entry.id]) {
-                        outbox_ids.insert(entry.id, *id);
+
+                for chunk in held.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "UPDATE entries SET status = v.column2, reason = v.column3, decided_at = ",
+                    );
+                    q.push_bind(now_ms);
+                    q.push(", lease_owner = NULL, lease_until = NULL FROM (");
+                    q.push_values(chunk.iter(), |mut row, (entry, d)| {
+                        row.push_bind(entry.id)
+                            .push_bind(d.entry_status)
+                            .push_bind(d.reason.as_deref());
+                    });
+                    q.push(") AS v WHERE entries.id = v.column1");
+                    q.build().execute(&mut *tx).await?;
+                }
+                crate::fault::point("decision.after_fence")?;
+
+                let assigned: Vec<&(ClaimedEntry, Decision)> = held
+                    .iter()
+                    .copied()
+                    .filter(|(_, d)| d.assignment.is_some())
+                    .collect();
+                let mut assignment_ids: HashMap<i64, i64> = HashMap::with_capacity(assigned.len());
+                for chunk in assigned.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO assignments (entry_id, campaign_id, user_id, arm, channel, send_at, status,
+                            reason, assigned_at, send_time_arm) ",
+                    );
+                    q.push_values(chunk.iter(), |mut row, (entry, d)| {
+                        let a = d.assignment.as_ref().expect("filtered on assignments");
+                        row.push_bind(entry.id)
+                            .push_bind(&entry.campaign_id)
+                            .push_bind(&entry.user_id)
+                            .push_bind(a.arm)
+                            .push_bind(a.channel.as_deref())
+                            .push_bind(a.send_at.map(to_millis))
+                            .push_bind(a.status)
+                            .push_bind(a.reason.as_deref())
+                            .push_bind(now_ms)
+                            .push_bind(a.send_time_arm);
+                    });
+                    q.push(" RETURNING entry_id, id");
+                    for (entry_id, id) in q.build_query_as::<(i64, i64)>().fetch_all(&mut *tx).await? {
+                        assignment_ids.insert(entry_id, id);
                     }
                 }
-            }
-            crate::fault::point("decision.after_outbox")?;
+                crate::fault::point("decision.after_assignment")?;
 
-            let links: Vec<(i64, i64, &str)> = queued
-                .iter()
-                .flat_map(|(entry, o)| {
-                    let id = outbox_ids[&entry.id];
-                    o.links
-                        .iter()
-                        .enumerate()
-                        .map(move |(idx, url)| (id, idx as i64, url.as_str()))
-                })
-                .collect();
-            for chunk in links.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new("INSERT INTO links (outbox_id, idx, url) ");
-                q.push_values(chunk.iter(), |mut row, (id, idx, url)| {
-                    row.push_bind(*id).push_bind(*idx).push_bind(*url);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-            crate::fault::point("decision.after_links")?;
+                let queued: Vec<(&ClaimedEntry, &NewOutbox)> = assigned
+                    .iter()
+                    .filter_map(|(entry, d)| d.outbox.as_ref().map(|o| (entry, o)))
+                    .collect();
+                let mut outbox_ids: HashMap<i64, i64> = HashMap::with_capacity(queued.len());
+                for chunk in queued.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO outbox (idempotency_key, assignment_id, campaign_id, user_id, channel, priority,
+                            recipient, payload, status, due_at, next_attempt_at, created_at) ",
+                    );
+                    q.push_values(chunk.iter(), |mut row, (entry, o)| {
+                        let due = to_millis(o.due_at);
+                        row.push_bind(&o.idempotency_key)
+                            .push_bind(assignment_ids[&entry.id])
+                            .push_bind(&entry.campaign_id)
+                            .push_bind(&entry.user_id)
+                            .push_bind(&o.channel)
+                            .push_bind(i64::from(o.priority))
+                            .push_bind(&o.recipient)
+                            .push_bind(o.payload.to_string())
+                            .push_bind("pending")
+                            .push_bind(due)
+                            .push_bind(due)
+                            .push_bind(now_ms);
+                    });
+                    q.push(" RETURNING assignment_id, id");
+                    let by_assignment: HashMap<i64, i64> = q
+                        .build_query_as::<(i64, i64)>()
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    for (entry, _) in chunk {
+                        if let Some(id) = by_assignment.get(&assignment_ids[&entry.id]) {
+                            outbox_ids.insert(entry.id, *id);
+                        }
+                    }
+                }
+                crate::fault::point("decision.after_outbox")?;
 
-            for chunk in held.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO message_log (user_id, campaign_id, entry_id, outbox_id, at, kind, detail) ",
-                );
-                q.push_values(chunk.iter(), |mut row, (entry, d)| {
-                    row.push_bind(&entry.user_id)
-                        .push_bind(&entry.campaign_id)
-                        .push_bind(entry.id)
-                        .push_bind(outbox_ids.get(&entry.id).copied())
-                        .push_bind(now_ms)
-                        .push_bind(d.log.kind)
-                        .push_bind(d.log.detail.to_string());
-                });
-                q.build().execute(&mut *tx).await?;
+                let links: Vec<(i64, i64, &str)> = queued
+                    .iter()
+                    .flat_map(|(entry, o)| {
+                        let id = outbox_ids[&entry.id];
+                        o.links
+                            .iter()
+                            .enumerate()
+                            .map(move |(idx, url)| (id, idx as i64, url.as_str()))
+                    })
+                    .collect();
+                for chunk in links.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new("INSERT INTO links (outbox_id, idx, url) ");
+                    q.push_values(chunk.iter(), |mut row, (id, idx, url)| {
+                        row.push_bind(*id).push_bind(*idx).push_bind(*url);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                crate::fault::point("decision.after_links")?;
+
+                for chunk in held.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO message_log (user_id, campaign_id, entry_id, outbox_id, at, kind, detail) ",
+                    );
+                    q.push_values(chunk.iter(), |mut row, (entry, d)| {
+                        row.push_bind(&entry.user_id)
+                            .push_bind(&entry.campaign_id)
+                            .push_bind(entry.id)
+                            .push_bind(outbox_ids.get(&entry.id).copied())
+                            .push_bind(now_ms)
+                            .push_bind(d.log.kind)
+                            .push_bind(d.log.detail.to_string());
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                crate::fault::point("decision.after_log")?;
+                crate::fault::point("decision.before_commit")?;
+                Ok(held.len())
             }
-            crate::fault::point("decision.after_log")?;
-            crate::fault::point("decision.before_commit")?;
-            tx.commit().await?;
-            held.len()
+            .await;
+            tx.settle(outcome).await?
         });
         crate::fault::point("decision.after_commit")?;
         Ok(committed)

@@ -150,6 +150,25 @@ impl<DB: sqlx::Database> WriteTx<DB> {
     pub(crate) async fn rollback(self) -> sqlx::Result<()> {
         self.tx.rollback().await
     }
+
+    /// Commits when `outcome` is `Ok`; on an error rolls back before returning it. A transaction
+    /// that is only dropped is rolled back by sqlx when its connection goes back to the pool, in
+    /// the background: until then, on PostgreSQL, the rows it locked stay locked and claims
+    /// (`FOR UPDATE SKIP LOCKED`) pass them by as if they were taken.
+    pub(crate) async fn settle<T>(self, outcome: Result<T>) -> Result<T> {
+        match outcome {
+            Ok(value) => {
+                self.tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = self.tx.rollback().await {
+                    tracing::warn!(error = %rollback, "RollbackFailed: the connection's rollback is left to the pool");
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {

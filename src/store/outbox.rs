@@ -257,210 +257,216 @@ impl Store {
         let mut claim = Claim::default();
         with_db!(self, |pool| {
             let mut tx = pool.begin_write(&self.gate).await?;
-            let candidates = sqlx::query(select)
-                .bind(now_ms)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|r| -> Result<Candidate> {
-                    Ok(Candidate {
-                        id: r.try_get("id")?,
-                        idempotency_key: r.try_get("idempotency_key")?,
-                        assignment_id: r.try_get("assignment_id")?,
-                        campaign_id: r.try_get("campaign_id")?,
-                        user_id: r.try_get("user_id")?,
-                        channel: r.try_get("channel")?,
-                        priority: r.try_get("priority")?,
-                        recipient: r.try_get("recipient")?,
-                        payload: r.try_get("payload")?,
-                        due_at: r.try_get("due_at")?,
+            let outcome = async {
+                let candidates = sqlx::query(select)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<Candidate> {
+                        Ok(Candidate {
+                            id: r.try_get("id")?,
+                            idempotency_key: r.try_get("idempotency_key")?,
+                            assignment_id: r.try_get("assignment_id")?,
+                            campaign_id: r.try_get("campaign_id")?,
+                            user_id: r.try_get("user_id")?,
+                            channel: r.try_get("channel")?,
+                            priority: r.try_get("priority")?,
+                            recipient: r.try_get("recipient")?,
+                            payload: r.try_get("payload")?,
+                            due_at: r.try_get("due_at")?,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if candidates.is_empty() {
-                tx.rollback().await?;
-                return Ok(claim);
-            }
-            crate::fault::point("claim.after_select")?;
-            if self.backend == Backend::Postgres {
-                let mut users: Vec<&str> = candidates.iter().map(|c| c.user_id.as_str()).collect();
-                users.sort_unstable();
-                users.dedup();
-                for user in users {
-                    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))::text")
-                        .bind(USER_LOCK_SPACE)
-                        .bind(user)
-                        .execute(&mut *tx)
-                        .await?;
+                    .collect::<Result<Vec<_>>>()?;
+                if candidates.is_empty() {
+                    return Ok(());
                 }
-            }
-            // The recorded sends of the candidates' users inside the batch's longest cap window,
-            // read once after the user locks (on PostgreSQL each statement sees what concurrent
-            // claims for these users committed before we got the locks). Each lease below adds
-            // to it, as its `sends` row would, so a user's later candidates count the earlier.
-            let mut sends: HashMap<String, Vec<RecentSend>> = HashMap::new();
-            if let Some(window) = candidates
-                .iter()
-                .filter_map(|c| caps.longest(&c.campaign_id))
-                .max()
-            {
-                let mut users: Vec<&str> = candidates.iter().map(|c| c.user_id.as_str()).collect();
-                users.sort_unstable();
-                users.dedup();
-                for chunk in users.chunks(ROWS_PER_STATEMENT) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "SELECT outbox_id, user_id, channel, campaign_id, at FROM sends WHERE at > ",
-                    );
-                    q.push_bind(to_millis(now - window));
-                    q.push(" AND user_id IN (");
-                    let mut ids = q.separated(", ");
-                    for user in chunk {
-                        ids.push_bind(*user);
-                    }
-                    q.push(")");
-                    let rows = q
-                        .build_query_as::<(i64, String, String, String, i64)>()
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    for (outbox_id, user, channel, campaign_id, at) in rows {
-                        sends.entry(user).or_default().push(RecentSend {
-                            outbox_id,
-                            channel,
-                            campaign_id,
-                            at,
-                        });
+                crate::fault::point("claim.after_select")?;
+                if self.backend == Backend::Postgres {
+                    let mut users: Vec<&str> = candidates.iter().map(|c| c.user_id.as_str()).collect();
+                    users.sort_unstable();
+                    users.dedup();
+                    for user in users {
+                        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))::text")
+                            .bind(USER_LOCK_SPACE)
+                            .bind(user)
+                            .execute(&mut *tx)
+                            .await?;
                     }
                 }
-            }
-            let mut leased = Vec::with_capacity(candidates.len());
-            for c in candidates {
-                let capped = match (Channel::parse(&c.channel), caps.longest(&c.campaign_id)) {
-                    (Some(channel), Some(window)) => {
-                        let from = to_millis(now - window);
-                        // A row taken over after an expired lease still has its earlier send:
-                        // it is this message, not another one.
-                        let recent: Vec<(String, String, i64)> = sends
-                            .get(&c.user_id)
-                            .into_iter()
-                            .flatten()
-                            .filter(|s| s.outbox_id != c.id && s.at > from)
-                            .map(|s| (s.channel.clone(), s.campaign_id.clone(), s.at))
-                            .collect();
-                        caps.check(&c.campaign_id, channel, &recent, now)
+                // The recorded sends of the candidates' users inside the batch's longest cap window,
+                // read once after the user locks (on PostgreSQL each statement sees what concurrent
+                // claims for these users committed before we got the locks). Each lease below adds
+                // to it, as its `sends` row would, so a user's later candidates count the earlier.
+                let mut sends: HashMap<String, Vec<RecentSend>> = HashMap::new();
+                if let Some(window) = candidates
+                    .iter()
+                    .filter_map(|c| caps.longest(&c.campaign_id))
+                    .max()
+                {
+                    let mut users: Vec<&str> = candidates.iter().map(|c| c.user_id.as_str()).collect();
+                    users.sort_unstable();
+                    users.dedup();
+                    for chunk in users.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::new(
+                            "SELECT outbox_id, user_id, channel, campaign_id, at FROM sends WHERE at > ",
+                        );
+                        q.push_bind(to_millis(now - window));
+                        q.push(" AND user_id IN (");
+                        let mut ids = q.separated(", ");
+                        for user in chunk {
+                            ids.push_bind(*user);
+                        }
+                        q.push(")");
+                        let rows = q
+                            .build_query_as::<(i64, String, String, String, i64)>()
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        for (outbox_id, user, channel, campaign_id, at) in rows {
+                            sends.entry(user).or_default().push(RecentSend {
+                                outbox_id,
+                                channel,
+                                campaign_id,
+                                at,
+                            });
+                        }
                     }
-                    // An unknown channel is failed by the sender; no cap applies to it.
-                    _ => None,
-                };
-                if let Some(reason) = capped {
-                    sqlx::query(
-                        "UPDATE outbox SET status = 'capped', last_error = $1, lease_owner = NULL,
-                             lease_until = NULL
-                         WHERE id = $2",
-                    )
-                    .bind(&reason)
-                    .bind(c.id)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("UPDATE assignments SET status = 'capped', reason = $1 WHERE id = $2")
+                }
+                let mut leased = Vec::with_capacity(candidates.len());
+                for c in candidates {
+                    let capped = match (Channel::parse(&c.channel), caps.longest(&c.campaign_id)) {
+                        (Some(channel), Some(window)) => {
+                            let from = to_millis(now - window);
+                            // A row taken over after an expired lease still has its earlier send:
+                            // it is this message, not another one.
+                            let recent: Vec<(String, String, i64)> = sends
+                                .get(&c.user_id)
+                                .into_iter()
+                                .flatten()
+                                .filter(|s| s.outbox_id != c.id && s.at > from)
+                                .map(|s| (s.channel.clone(), s.campaign_id.clone(), s.at))
+                                .collect();
+                            caps.check(&c.campaign_id, channel, &recent, now)
+                        }
+                        // An unknown channel is failed by the sender; no cap applies to it.
+                        _ => None,
+                    };
+                    if let Some(reason) = capped {
+                        sqlx::query(
+                            "UPDATE outbox SET status = 'capped', last_error = $1, lease_owner = NULL,
+                                 lease_until = NULL
+                             WHERE id = $2",
+                        )
                         .bind(&reason)
-                        .bind(c.assignment_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("DELETE FROM sends WHERE outbox_id = $1")
                         .bind(c.id)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query(
-                        "INSERT INTO message_log (user_id, campaign_id, outbox_id, at, kind, detail)
-                         VALUES ($1, $2, $3, $4, 'capped', $5)",
-                    )
-                    .bind(&c.user_id)
-                    .bind(&c.campaign_id)
-                    .bind(c.id)
-                    .bind(now_ms)
-                    .bind(json!({ "reason": reason, "stage": "delivery", "channel": c.channel }).to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                    if let Some(list) = sends.get_mut(&c.user_id) {
-                        list.retain(|s| s.outbox_id != c.id);
+                        sqlx::query("UPDATE assignments SET status = 'capped', reason = $1 WHERE id = $2")
+                            .bind(&reason)
+                            .bind(c.assignment_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("DELETE FROM sends WHERE outbox_id = $1")
+                            .bind(c.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query(
+                            "INSERT INTO message_log (user_id, campaign_id, outbox_id, at, kind, detail)
+                             VALUES ($1, $2, $3, $4, 'capped', $5)",
+                        )
+                        .bind(&c.user_id)
+                        .bind(&c.campaign_id)
+                        .bind(c.id)
+                        .bind(now_ms)
+                        .bind(
+                            json!({ "reason": reason, "stage": "delivery", "channel": c.channel })
+                                .to_string(),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                        if let Some(list) = sends.get_mut(&c.user_id) {
+                            list.retain(|s| s.outbox_id != c.id);
+                        }
+                        crate::fault::point("claim.after_capped")?;
+                        claim.capped.push(CappedMessage {
+                            id: c.id,
+                            user_id: c.user_id,
+                            campaign_id: c.campaign_id,
+                            channel: c.channel,
+                            reason,
+                        });
+                        continue;
                     }
-                    crate::fault::point("claim.after_capped")?;
-                    claim.capped.push(CappedMessage {
-                        id: c.id,
-                        user_id: c.user_id,
-                        campaign_id: c.campaign_id,
-                        channel: c.channel,
-                        reason,
+                    let user_sends = sends.entry(c.user_id.clone()).or_default();
+                    user_sends.retain(|s| s.outbox_id != c.id);
+                    user_sends.push(RecentSend {
+                        outbox_id: c.id,
+                        channel: c.channel.clone(),
+                        campaign_id: c.campaign_id.clone(),
+                        at: now_ms,
                     });
-                    continue;
+                    leased.push(c);
                 }
-                let user_sends = sends.entry(c.user_id.clone()).or_default();
-                user_sends.retain(|s| s.outbox_id != c.id);
-                user_sends.push(RecentSend {
-                    outbox_id: c.id,
-                    channel: c.channel.clone(),
-                    campaign_id: c.campaign_id.clone(),
-                    at: now_ms,
-                });
-                leased.push(c);
-            }
-            // The leases and `sends` rows of the whole batch: a statement each, not one per message.
-            let mut leases: HashMap<i64, (i64, i64)> = HashMap::with_capacity(leased.len());
-            for chunk in leased.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new("UPDATE outbox SET lease_owner = ");
-                q.push_bind(owner);
-                q.push(", lease_until = ");
-                q.push_bind(to_millis(lease_until));
-                q.push(", lease_version = lease_version + 1, attempts = attempts + 1 WHERE id IN (");
-                let mut ids = q.separated(", ");
-                for c in chunk {
-                    ids.push_bind(c.id);
+                // The leases and `sends` rows of the whole batch: a statement each, not one per message.
+                let mut leases: HashMap<i64, (i64, i64)> = HashMap::with_capacity(leased.len());
+                for chunk in leased.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::new("UPDATE outbox SET lease_owner = ");
+                    q.push_bind(owner);
+                    q.push(", lease_until = ");
+                    q.push_bind(to_millis(lease_until));
+                    q.push(", lease_version = lease_version + 1, attempts = attempts + 1 WHERE id IN (");
+                    let mut ids = q.separated(", ");
+                    for c in chunk {
+                        ids.push_bind(c.id);
+                    }
+                    q.push(") RETURNING id, lease_version, attempts");
+                    for (id, version, attempts) in
+                        q.build_query_as::<(i64, i64, i64)>().fetch_all(&mut *tx).await?
+                    {
+                        leases.insert(id, (version, attempts));
+                    }
                 }
-                q.push(") RETURNING id, lease_version, attempts");
-                for (id, version, attempts) in
-                    q.build_query_as::<(i64, i64, i64)>().fetch_all(&mut *tx).await?
-                {
-                    leases.insert(id, (version, attempts));
+                crate::fault::point("claim.after_lease")?;
+                for chunk in leased.chunks(ROWS_PER_STATEMENT) {
+                    // Upsert: a row taken over after an expired lease still has its earlier send.
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO sends (outbox_id, user_id, channel, campaign_id, at) ",
+                    );
+                    q.push_values(chunk, |mut row, c| {
+                        row.push_bind(c.id)
+                            .push_bind(&c.user_id)
+                            .push_bind(&c.channel)
+                            .push_bind(&c.campaign_id)
+                            .push_bind(now_ms);
+                    });
+                    q.push(" ON CONFLICT (outbox_id) DO UPDATE SET at = excluded.at");
+                    q.build().execute(&mut *tx).await?;
                 }
+                crate::fault::point("claim.after_send_record")?;
+                for c in leased {
+                    let (lease_version, attempts) = leases[&c.id];
+                    claim.messages.push(ClaimedMessage {
+                        id: c.id,
+                        idempotency_key: c.idempotency_key,
+                        assignment_id: c.assignment_id,
+                        campaign_id: c.campaign_id,
+                        user_id: c.user_id,
+                        channel: c.channel,
+                        priority: c.priority,
+                        recipient: c.recipient,
+                        payload: c.payload,
+                        attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        due_at: from_millis(c.due_at),
+                        lease_version,
+                        lease_until,
+                    });
+                }
+                crate::fault::point("claim.before_commit")?;
+                Ok(())
             }
-            crate::fault::point("claim.after_lease")?;
-            for chunk in leased.chunks(ROWS_PER_STATEMENT) {
-                // Upsert: a row taken over after an expired lease still has its earlier send.
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO sends (outbox_id, user_id, channel, campaign_id, at) ",
-                );
-                q.push_values(chunk, |mut row, c| {
-                    row.push_bind(c.id)
-                        .push_bind(&c.user_id)
-                        .push_bind(&c.channel)
-                        .push_bind(&c.campaign_id)
-                        .push_bind(now_ms);
-                });
-                q.push(" ON CONFLICT (outbox_id) DO UPDATE SET at = excluded.at");
-                q.build().execute(&mut *tx).await?;
-            }
-            crate::fault::point("claim.after_send_record")?;
-            for c in leased {
-                let (lease_version, attempts) = leases[&c.id];
-                claim.messages.push(ClaimedMessage {
-                    id: c.id,
-                    idempotency_key: c.idempotency_key,
-                    assignment_id: c.assignment_id,
-                    campaign_id: c.campaign_id,
-                    user_id: c.user_id,
-                    channel: c.channel,
-                    priority: c.priority,
-                    recipient: c.recipient,
-                    payload: c.payload,
-                    attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-                    due_at: from_millis(c.due_at),
-                    lease_version,
-                    lease_until,
-                });
-            }
-            crate::fault::point("claim.before_commit")?;
-            tx.commit().await?;
+            .await;
+            tx.settle(outcome).await?;
         });
         crate::fault::point("claim.after_commit")?;
         Ok(claim)
@@ -579,124 +585,128 @@ impl Store {
         let mut written = Vec::with_capacity(items.len());
         with_db!(self, |pool| {
             let mut tx = pool.begin_write(&self.gate).await?;
-            for &(id, lease_version, how) in items {
-                let query = sqlx::query_as::<_, (String, String, i64, String, i64)>(update(&how));
-                let query = match &how {
-                    Finish::Sent => query.bind(at_ms),
-                    Finish::Retry {
-                        next_attempt_at,
-                        error,
-                    } => query.bind(to_millis(*next_attempt_at)).bind(*error),
-                    Finish::Failed { reason }
-                    | Finish::Suppressed { reason }
-                    | Finish::Bounced { reason } => query.bind(*reason),
-                };
-                let row = query
-                    .bind(id)
-                    .bind(lease_version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                crate::fault::point("finish.after_outbox")?;
-                match row {
-                    None => written.push(false),
-                    Some((user_id, campaign_id, assignment_id, channel, attempt)) => {
-                        let (kind, detail): (&str, Value) = match &how {
-                            Finish::Sent => {
-                                sqlx::query(
-                                    "UPDATE assignments SET status = 'delivered', send_at = $1 WHERE id = $2",
-                                )
-                                .bind(at_ms)
-                                .bind(assignment_id)
-                                .execute(&mut *tx)
-                                .await?;
-                                sqlx::query("UPDATE sends SET at = $1 WHERE outbox_id = $2")
+            let outcome = async {
+                for &(id, lease_version, how) in items {
+                    let query = sqlx::query_as::<_, (String, String, i64, String, i64)>(update(&how));
+                    let query = match &how {
+                        Finish::Sent => query.bind(at_ms),
+                        Finish::Retry {
+                            next_attempt_at,
+                            error,
+                        } => query.bind(to_millis(*next_attempt_at)).bind(*error),
+                        Finish::Failed { reason }
+                        | Finish::Suppressed { reason }
+                        | Finish::Bounced { reason } => query.bind(*reason),
+                    };
+                    let row = query
+                        .bind(id)
+                        .bind(lease_version)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    crate::fault::point("finish.after_outbox")?;
+                    match row {
+                        None => written.push(false),
+                        Some((user_id, campaign_id, assignment_id, channel, attempt)) => {
+                            let (kind, detail): (&str, Value) = match &how {
+                                Finish::Sent => {
+                                    sqlx::query(
+                                        "UPDATE assignments SET status = 'delivered', send_at = $1 WHERE id = $2",
+                                    )
                                     .bind(at_ms)
-                                    .bind(id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                ("sent", json!({ "channel": channel, "attempt": attempt }))
-                            }
-                            Finish::Retry {
-                                next_attempt_at,
-                                error,
-                            } => {
-                                sqlx::query("DELETE FROM sends WHERE outbox_id = $1")
-                                    .bind(id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                (
-                                    "retry",
-                                    json!({ "channel": channel, "attempt": attempt, "error": error,
-                                        "next_attempt_at": next_attempt_at.to_rfc3339() }),
-                                )
-                            }
-                            Finish::Failed { reason }
-                            | Finish::Suppressed { reason }
-                            | Finish::Bounced { reason } => {
-                                let (status, assignment_status, detail) = match &how {
-                                    Finish::Failed { .. } => (
-                                        "failed",
-                                        "failed",
-                                        json!({ "channel": channel, "attempt": attempt, "reason": reason }),
-                                    ),
-                                    Finish::Bounced { .. } => (
-                                        "bounced",
-                                        "failed",
-                                        json!({ "channel": channel, "attempt": attempt, "reason": reason,
-                                            "suppressed": "address hard-bounced" }),
-                                    ),
-                                    _ => (
-                                        "suppressed",
-                                        "suppressed",
-                                        json!({ "channel": channel, "reason": reason, "stage": "delivery" }),
-                                    ),
-                                };
-                                sqlx::query("UPDATE assignments SET status = $1, reason = $2 WHERE id = $3")
-                                    .bind(assignment_status)
-                                    .bind(*reason)
                                     .bind(assignment_id)
                                     .execute(&mut *tx)
                                     .await?;
-                                // The cap counts real sends only.
-                                sqlx::query("DELETE FROM sends WHERE outbox_id = $1")
-                                    .bind(id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                if matches!(how, Finish::Bounced { .. }) {
-                                    // Only the address that bounced: a user who changed it since keeps
-                                    // receiving at the new one.
-                                    sqlx::query(
-                                        "UPDATE users SET email_bounced_at = $1, bounced_email = o.recipient
-                                     FROM (SELECT recipient FROM outbox WHERE id = $2) AS o
-                                     WHERE users.id = $3 AND users.email = o.recipient",
-                                    )
-                                    .bind(at_ms)
-                                    .bind(id)
-                                    .bind(&user_id)
-                                    .execute(&mut *tx)
-                                    .await?;
+                                    sqlx::query("UPDATE sends SET at = $1 WHERE outbox_id = $2")
+                                        .bind(at_ms)
+                                        .bind(id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    ("sent", json!({ "channel": channel, "attempt": attempt }))
                                 }
-                                (status, detail)
-                            }
-                        };
-                        sqlx::query(
-                            "INSERT INTO message_log (user_id, campaign_id, outbox_id, at, kind, detail)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                        )
-                        .bind(&user_id)
-                        .bind(&campaign_id)
-                        .bind(id)
-                        .bind(at_ms)
-                        .bind(kind)
-                        .bind(detail.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                        written.push(true);
+                                Finish::Retry {
+                                    next_attempt_at,
+                                    error,
+                                } => {
+                                    sqlx::query("DELETE FROM sends WHERE outbox_id = $1")
+                                        .bind(id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    (
+                                        "retry",
+                                        json!({ "channel": channel, "attempt": attempt, "error": error,
+                                            "next_attempt_at": next_attempt_at.to_rfc3339() }),
+                                    )
+                                }
+                                Finish::Failed { reason }
+                                | Finish::Suppressed { reason }
+                                | Finish::Bounced { reason } => {
+                                    let (status, assignment_status, detail) = match &how {
+                                        Finish::Failed { .. } => (
+                                            "failed",
+                                            "failed",
+                                            json!({ "channel": channel, "attempt": attempt, "reason": reason }),
+                                        ),
+                                        Finish::Bounced { .. } => (
+                                            "bounced",
+                                            "failed",
+                                            json!({ "channel": channel, "attempt": attempt, "reason": reason,
+                                                "suppressed": "address hard-bounced" }),
+                                        ),
+                                        _ => (
+                                            "suppressed",
+                                            "suppressed",
+                                            json!({ "channel": channel, "reason": reason, "stage": "delivery" }),
+                                        ),
+                                    };
+                                    sqlx::query("UPDATE assignments SET status = $1, reason = $2 WHERE id = $3")
+                                        .bind(assignment_status)
+                                        .bind(*reason)
+                                        .bind(assignment_id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    // The cap counts real sends only.
+                                    sqlx::query("DELETE FROM sends WHERE outbox_id = $1")
+                                        .bind(id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    if matches!(how, Finish::Bounced { .. }) {
+                                        // Only the address that bounced: a user who changed it since keeps
+                                        // receiving at the new one.
+                                        sqlx::query(
+                                            "UPDATE users SET email_bounced_at = $1, bounced_email = o.recipient
+                                         FROM (SELECT recipient FROM outbox WHERE id = $2) AS o
+                                         WHERE users.id = $3 AND users.email = o.recipient",
+                                        )
+                                        .bind(at_ms)
+                                        .bind(id)
+                                        .bind(&user_id)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    }
+                                    (status, detail)
+                                }
+                            };
+                            sqlx::query(
+                                "INSERT INTO message_log (user_id, campaign_id, outbox_id, at, kind, detail)
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                            )
+                            .bind(&user_id)
+                            .bind(&campaign_id)
+                            .bind(id)
+                            .bind(at_ms)
+                            .bind(kind)
+                            .bind(detail.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                            written.push(true);
+                        }
                     }
                 }
+                crate::fault::point("finish.before_commit")?;
+                Ok(())
             }
-            crate::fault::point("finish.before_commit")?;
-            tx.commit().await?;
+            .await;
+            tx.settle(outcome).await?;
         });
         crate::fault::point("finish.after_commit")?;
         Ok(written)
