@@ -553,33 +553,24 @@ fn export_propensity_rows_for_scikit_learn() {
     );
 }
 
-/// Fits propensity forests of several shapes on `$NUDGE_ML_EXPORT/propensity.csv` (written by
-/// the test above) and prints each one's held-out AUC beside the true probabilities': which part
-/// of the forest's growing costs AUC on a rare outcome (docs/ml.md, "What remains").
+/// Fits propensity forests of several shapes on the propensity model's own rows (the ones the
+/// test above exports) and prints each one's held-out AUC beside the true probabilities': which
+/// part of the forest's growing costs AUC on a rare outcome (docs/ml.md, "What remains").
+/// `NUDGE_ML_USERS=50000 cargo test --release --test it propensity_forest_variants -- --ignored --nocapture`
 #[test]
-#[ignore = "an experiment over the exported CSV; needs NUDGE_ML_EXPORT"]
+#[ignore = "an experiment (minutes at 50,000 users), not a check"]
 fn propensity_forest_variants_on_the_exported_rows() {
-    let dir = std::path::PathBuf::from(std::env::var("NUDGE_ML_EXPORT").expect("NUDGE_ML_EXPORT: a folder"));
-    let text = std::fs::read_to_string(dir.join("propensity.csv")).unwrap();
-    let mut lines = text.lines();
-    let width = lines.next().unwrap().split(',').count() - 3;
-    let (mut train_x, mut train_y, mut eval_x, mut eval_y, mut truth) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for line in lines {
-        let cells: Vec<&str> = line.split(',').collect();
-        let row = cells[..width].iter().map(|c| c.parse::<f64>().unwrap());
-        let label = cells[width] == "1";
-        if cells[width + 1] == "1" {
-            eval_x.extend(row);
-            eval_y.push(label);
-            truth.push(cells[width + 2].parse::<f64>().unwrap());
-        } else {
-            train_x.extend(row);
-            train_y.push(label);
-        }
-    }
-    let train = ndarray::Array2::from_shape_vec((train_y.len(), width), train_x).unwrap();
-    let eval = ndarray::Array2::from_shape_vec((eval_y.len(), width), eval_x).unwrap();
+    let w = acceptance_world();
+    let opts = TrainOptions {
+        now: w.now,
+        ..TrainOptions::default()
+    };
+    let (rows, ids) = models::export_propensity_rows(&purchase_goal(), &w.history, &opts);
+    let width = rows.columns.len();
+    let train = ndarray::Array2::from_shape_vec((rows.train_y.len(), width), rows.train_x).unwrap();
+    let eval = ndarray::Array2::from_shape_vec((rows.eval_y.len(), width), rows.eval_x).unwrap();
+    let (train_y, eval_y) = (rows.train_y, rows.eval_y);
+    let truth: Vec<f64> = ids.iter().map(|id| w.truth(id).propensity).collect();
     let auc_truth = roc_auc(&truth, &eval_y).unwrap();
     eprintln!("truth AUC {auc_truth:.4} on {} held-out rows", eval_y.len());
     let current = models::TrainOptions::propensity_forest();
