@@ -4,12 +4,14 @@
 //!
 //! Data flow: [`simulate`] generates a history with a hidden truth (in memory, or stored through
 //! ingestion and the bulk loader); [`features`] turns events before a cut-off into rows;
-//! [`trees`] fits probabilities on those rows; [`models`] trains the three models from a history
+//! [`trees`] fits probabilities on those rows, [`linear`] the additive model blended with a
+//! propensity forest; [`models`] trains the three models from a history
 //! with a time split, baselines and a model card; [`metrics`] scores them. [`training`] runs the
 //! models over the store's history and promotes winners, [`serving`] loads the models in service
 //! for the engine (with a per-user feature cache), and [`report`] renders the model cards.
 
 pub mod features;
+pub mod linear;
 pub mod metrics;
 pub mod models;
 pub mod report;

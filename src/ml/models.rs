@@ -38,6 +38,8 @@
 //! `[T, T + within)`. Training stacks weekly cut-offs ending at `T1 = now − eval_days − within`
 //! (so the last training label ends at `split`); evaluation is at `T2 = now − within`, labels in
 //! `[T2, now)`. Only users known before a cut-off (an event or `created_at` before it) are rows.
+//! The model is a forest and an additive logistic model ([`linear`]) fitted on the same 80% of
+//! the training rows, blended by a logistic fit on the other 20% (neither part has seen them).
 //! Baseline: the training base rate.
 //!
 //! Rows are subsampled (deterministically) to at most [`TrainOptions::max_train_rows`] (default
@@ -59,6 +61,7 @@ use super::{
         self, CHANNELS, EMAIL_OPENED, Encoder, FeatureAccumulator, HOURS_OF_WEEK, MESSAGE_DELIVERED,
         ORDER_COMPLETED, PROPENSITY_COLUMNS, PUSH_OPENED, Population, Smoothing, UserFeatures,
     },
+    linear::{self, Blend, ColumnKind, LinearError, LinearModel},
     metrics::{self, CalibrationBin},
     trees::{self, ForestParams, ProbabilityForest, TreeError},
 };
@@ -223,6 +226,8 @@ pub enum TrainError {
     BadGoal,
     #[error(transparent)]
     Tree(#[from] TreeError),
+    #[error("additive model: {0}")]
+    Linear(#[from] LinearError),
 }
 
 /// What serving needs to compute a user's features exactly as training did.
@@ -263,12 +268,26 @@ pub struct PathStep {
 /// The contract's name for [`PathStep`].
 pub type Step = PathStep;
 
-/// A probability with the decision path of the forest's most representative tree ("why").
+/// A probability with the decision path of the forest's most representative tree ("why") and,
+/// for a propensity model with an additive part, the columns that moved its log-odds most.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scored {
     pub probability: f64,
     pub path: Vec<PathStep>,
+    pub terms: Vec<Contribution>,
 }
+
+/// One column's part of a prediction's log-odds, against the average training row (the
+/// additive part of a propensity model, scaled by its weight in the blend).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Contribution {
+    pub feature: String,
+    pub value: f64,
+    pub log_odds: f64,
+}
+
+/// How many contributions a prediction shows, largest first.
+const CONTRIBUTIONS_SHOWN: usize = 5;
 
 /// A forest with the names of its columns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,6 +317,7 @@ impl NamedForest {
         Scored {
             probability: self.probability(row),
             path,
+            terms: Vec::new(),
         }
     }
 }
@@ -486,6 +506,36 @@ pub struct PropensityModel {
     pub space: FeatureSpace,
     pub goal: Goal,
     pub forest: NamedForest,
+    /// The additive model blended with the forest ([`linear`]); models stored before it existed
+    /// have none and serve the forest alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additive: Option<Additive>,
+}
+
+/// The additive part of a propensity model and its blend with the forest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Additive {
+    pub linear: LinearModel,
+    pub blend: Blend,
+}
+
+impl Additive {
+    /// The largest contributions to a row's log-odds, named.
+    fn terms(&self, row: &[f64], columns: &[String]) -> Vec<Contribution> {
+        let mut terms: Vec<Contribution> = self
+            .linear
+            .contributions(row)
+            .into_iter()
+            .map(|(c, part)| Contribution {
+                feature: columns.get(c).cloned().unwrap_or_default(),
+                value: row.get(c).copied().unwrap_or_default(),
+                log_odds: self.blend.linear * part,
+            })
+            .collect();
+        terms.sort_by(|a, b| b.log_odds.abs().total_cmp(&a.log_odds.abs()));
+        terms.truncate(CONTRIBUTIONS_SHOWN);
+        terms
+    }
 }
 
 impl PropensityModel {
@@ -500,9 +550,16 @@ impl PropensityModel {
             return Scored {
                 probability: self.forest.forest.base_rate,
                 path: Vec::new(),
+                terms: Vec::new(),
             };
         }
-        self.forest.scored(&f.propensity_row())
+        let row = f.propensity_row();
+        let mut scored = self.forest.scored(&row);
+        if let Some(a) = &self.additive {
+            scored.probability = a.blend.probability(a.linear.logit(&row), scored.probability);
+            scored.terms = a.terms(&row, &self.forest.columns);
+        }
+        scored
     }
 }
 
@@ -583,7 +640,9 @@ pub struct ModelCard {
     pub baseline: Metrics,
     /// "population best hour" | "most used channel" | "base rate".
     pub baseline_name: String,
-    /// Split gain per feature, descending, summing to 1.
+    /// Each feature's share of the model's explanation, descending, summing to 1: split gain;
+    /// for a propensity model with an additive part, mean absolute log-odds moved
+    /// ([`propensity_importance`]).
     pub feature_importance: Vec<(String, f64)>,
     pub reference: DriftReference,
 }
@@ -833,6 +892,20 @@ impl Rows {
     fn row(&self, i: usize) -> &[f64] {
         &self.x[i * self.width..(i + 1) * self.width]
     }
+
+    /// Splits off a deterministic `share` of the rows: `(the rest, the share)`.
+    fn split(&self, share: f64, seed: u64) -> (Rows, Rows) {
+        let (mut rest, mut held) = (Rows::new(self.width), Rows::new(self.width));
+        for i in 0..self.len() {
+            let to = if unit(seed, 17, i as u64) < share {
+                &mut held
+            } else {
+                &mut rest
+            };
+            to.push(self.row(i).to_vec(), self.y[i]);
+        }
+        (rest, held)
+    }
 }
 
 fn check_enough(rows: &Rows, opts: &TrainOptions) -> Result<(), TrainError> {
@@ -955,7 +1028,7 @@ impl ModelCardDraft {
         metrics: Metrics,
         baseline: Metrics,
         baseline_name: &str,
-        forest: &NamedForest,
+        feature_importance: Vec<(String, f64)>,
         reference: DriftReference,
     ) -> ModelCard {
         ModelCard {
@@ -970,7 +1043,7 @@ impl ModelCardDraft {
             metrics,
             baseline,
             baseline_name: baseline_name.to_string(),
-            feature_importance: importance(forest),
+            feature_importance,
             reference,
         }
     }
@@ -1203,7 +1276,7 @@ fn train_on_deliveries(
         metrics,
         baseline,
         baseline_name,
-        &forest,
+        importance(&forest),
         reference,
     );
     let model = match kind {
@@ -1429,11 +1502,33 @@ fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Resu
         ..
     } = propensity_rows(goal, &prep, opts);
     check_enough(&train_rows, opts)?;
-    let forest = fit(&PROPENSITY_COLUMNS, &train_rows, &opts.propensity_params)?;
-    let model = PropensityModel {
-        space: prep.space.clone(),
-        goal: goal.clone(),
-        forest,
+    let (fit_rows, blend_rows) = train_rows.split(BLEND_SHARE, seed);
+    let blend_positives = blend_rows.positives();
+    let model = if blend_rows.len() >= MIN_BLEND_ROWS && blend_positives >= MIN_POSITIVES {
+        let forest = fit(&PROPENSITY_COLUMNS, &fit_rows, &opts.propensity_params)?;
+        let kinds = propensity_kinds(&prep.space.encoder);
+        let linear = LinearModel::fit(fit_rows.matrix().view(), &fit_rows.y, &kinds)?;
+        let (logits, forest_probs): (Vec<f64>, Vec<f64>) = (0..blend_rows.len())
+            .map(|i| {
+                let row = blend_rows.row(i);
+                (linear.logit(row), forest.probability(row))
+            })
+            .unzip();
+        let blend = Blend::fit(&logits, &forest_probs, &blend_rows.y)?;
+        PropensityModel {
+            space: prep.space.clone(),
+            goal: goal.clone(),
+            forest,
+            additive: Some(Additive { linear, blend }),
+        }
+    } else {
+        // Too few rows to fit a blend on unseen rows: the forest alone, on all of them.
+        PropensityModel {
+            space: prep.space.clone(),
+            goal: goal.clone(),
+            forest: fit(&PROPENSITY_COLUMNS, &train_rows, &opts.propensity_params)?,
+            additive: None,
+        }
     };
     let probs: Vec<f64> = eval_users.iter().map(|f| model.score(f).probability).collect();
     let base_rate = model.forest.forest.base_rate;
@@ -1446,13 +1541,69 @@ fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Resu
         metrics,
         baseline,
         "base rate",
-        &model.forest,
+        propensity_importance(&model, &blend_rows),
         reference,
     );
     Ok(Trained {
         model: Model::Propensity(model),
         card,
     })
+}
+
+/// Share of the propensity training rows kept from both parts to fit their blend.
+const BLEND_SHARE: f64 = 0.2;
+/// Fewest blend rows worth fitting a blend on (otherwise the forest serves alone).
+const MIN_BLEND_ROWS: usize = 200;
+
+/// How each propensity column enters the additive model: trait codes as categories (code 0 is
+/// "unknown"), everything else as a count or duration on the log scale.
+fn propensity_kinds(encoder: &Encoder) -> Vec<ColumnKind> {
+    PROPENSITY_COLUMNS
+        .iter()
+        .map(|c| match Encoder::TRAITS.iter().position(|t| t == c) {
+            Some(i) => ColumnKind::Categorical {
+                levels: encoder.values[i].len() + 1,
+            },
+            None => ColumnKind::Numeric,
+        })
+        .collect()
+}
+
+/// Each column's share of a propensity model's explanation. Forest alone: split gain. With an
+/// additive part: the mean absolute log-odds each column moves over the blend rows — the
+/// additive terms as they are, the forest's deviation from its mean log-odds shared out by its
+/// split gains — so a forest the blend barely weighs does not claim the credit.
+fn propensity_importance(model: &PropensityModel, rows: &Rows) -> Vec<(String, f64)> {
+    let Some(a) = &model.additive else {
+        return importance(&model.forest);
+    };
+    let columns = &model.forest.columns;
+    let n = rows.len().max(1) as f64;
+    let mut parts = vec![0.0; columns.len()];
+    let forest_logits: Vec<f64> = (0..rows.len())
+        .map(|i| linear::logit(model.forest.probability(rows.row(i))))
+        .collect();
+    let mean_forest = forest_logits.iter().sum::<f64>() / n;
+    let forest_part = forest_logits
+        .iter()
+        .map(|l| (a.blend.forest * (l - mean_forest)).abs())
+        .sum::<f64>()
+        / n;
+    for i in 0..rows.len() {
+        for (c, part) in a.linear.contributions(rows.row(i)) {
+            parts[c] += (a.blend.linear * part).abs() / n;
+        }
+    }
+    for (c, gain) in model.forest.forest.importance(columns.len()).into_iter().enumerate() {
+        parts[c] += forest_part * gain;
+    }
+    let total: f64 = parts.iter().sum();
+    if total > 0.0 {
+        parts.iter_mut().for_each(|p| *p /= total);
+    }
+    let mut out: Vec<(String, f64)> = columns.iter().cloned().zip(parts).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
 }
 
 fn eval_users_sample(rows: &[UserFeatures], seed: u64) -> Vec<UserFeatures> {

@@ -66,6 +66,10 @@ pub struct Prediction {
     pub source: String,
     /// The decision path that led to the score (empty for a fallback).
     pub path: Vec<Step>,
+    /// The columns that moved a propensity's log-odds most, when its model has an additive
+    /// part (absent otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<models::Contribution>,
 }
 
 /// The send time chosen for a message.
@@ -332,18 +336,21 @@ impl Served {
                         probability: s.probability,
                         source: format!("model:{}", l.version),
                         path: s.path,
+                        terms: s.terms,
                     }
                 }
                 None => Prediction {
                     probability: l.base_rate,
                     source: format!("fallback: base rate of {} (no history)", l.version),
                     path: Vec::new(),
+                    terms: Vec::new(),
                 },
             },
             None => Prediction {
                 probability: self.base_rates.get(goal).copied().unwrap_or(0.0),
                 source: format!("fallback: base rate of {goal} (no propensity model in service)"),
                 path: Vec::new(),
+                terms: Vec::new(),
             },
         }
     }
@@ -397,6 +404,7 @@ impl Served {
                     probability: s.probability,
                     source: format!("model:{}", l.version),
                     path: s.path,
+                    terms: Vec::new(),
                 },
             });
         }
@@ -408,6 +416,7 @@ impl Served {
                 probability: population.hour_of_week[hour],
                 source: format!("fallback: population best hour of {} (no history)", l.version),
                 path: Vec::new(),
+                terms: Vec::new(),
             },
         })
     }
