@@ -327,6 +327,52 @@ mod tests {
         assert_eq!(x.nrows(), y.len());
     }
 
+    /// The same rows, expansion and penalty as scikit-learn's `LogisticRegression(C=1)` on
+    /// standardised columns (scripts/ml_linear_fixtures.py): the same weights and probabilities.
+    #[test]
+    fn matches_scikit_learn_on_the_fixture() {
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            rows: Vec<[f64; 3]>,
+            labels: Vec<bool>,
+            kept: Vec<bool>,
+            means: Vec<f64>,
+            scales: Vec<f64>,
+            weights: Vec<f64>,
+            intercept: f64,
+            probe: Vec<[f64; 3]>,
+            probe_probabilities: Vec<f64>,
+        }
+        let f: Fixture = serde_json::from_str(include_str!("../../tests/fixtures/ml/linear.json")).unwrap();
+        let x = Array2::from_shape_fn((f.rows.len(), 3), |(i, j)| f.rows[i][j]);
+        let kinds = [
+            ColumnKind::Categorical { levels: 4 },
+            ColumnKind::Numeric,
+            ColumnKind::Numeric,
+        ];
+        let model = LinearModel::fit(x.view(), &f.labels, &kinds).expect("fits");
+        // Expanded columns: plan = 0..3, then the two numerics; level 3 never occurs.
+        let expanded: Vec<(usize, Option<usize>)> = (0..4).map(|l| (0, Some(l))).chain([(1, None), (2, None)]).collect();
+        let kept: Vec<(usize, Option<usize>)> = expanded
+            .into_iter()
+            .zip(&f.kept)
+            .filter(|(_, k)| **k)
+            .map(|(e, _)| e)
+            .collect();
+        let ours: Vec<(usize, Option<usize>)> = model.terms.iter().map(|t| (t.column, t.level)).collect();
+        assert_eq!(ours, kept);
+        for (i, t) in model.terms.iter().enumerate() {
+            assert!((t.mean - f.means[i]).abs() < 1e-9, "mean of {t:?}");
+            assert!((t.scale - f.scales[i]).abs() < 1e-9, "scale of {t:?}");
+            assert!((t.weight - f.weights[i]).abs() < 2e-3, "{t:?} vs {}", f.weights[i]);
+        }
+        assert!((model.intercept - f.intercept).abs() < 2e-3, "{} vs {}", model.intercept, f.intercept);
+        for (row, &p) in f.probe.iter().zip(&f.probe_probabilities) {
+            let ours = sigmoid(model.logit(row));
+            assert!((ours - p).abs() < 5e-4, "{row:?}: {ours} vs {p}");
+        }
+    }
+
     #[test]
     fn rejects_bad_shapes() {
         let x = Array2::<f64>::zeros((3, 2));
