@@ -10,7 +10,10 @@ user's true probability) and scores, on the same held-out rows:
 - scikit-learn's HistGradientBoosting (boosted trees: additive effects are its strength);
 - a logistic regression on the simulator's own functional form (plan and country one-hot,
   min(tenure, 3 years), log of sessions per day): a well-specified model, the best a model of
-  these features can hope for.
+  these features can hope for;
+- a logistic regression on nudge's additive expansion (every trait one-hot, ln(1 + x) of every
+  other column, standardised): what the additive part of nudge's propensity model
+  (src/ml/linear.rs) fits, so its AUC is the one to compare with nudge's.
 
 Results (50,000 users, 2026-12-03): docs/ml.md, "What remains of issue 6".
 
@@ -25,6 +28,7 @@ import sys
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import roc_auc_score
 
 
@@ -52,6 +56,28 @@ def designed(x, col):
     return np.column_stack(parts + [tenure, log_rate, np.log1p(x[:, col["goals_total"]])])
 
 
+def additive(xt, xe, col):
+    """nudge's additive expansion (src/ml/linear.rs) of the training and held-out rows: trait
+    codes one-hot over the levels seen in training, ln(1 + max(x, 0)) of every other column;
+    columns constant in training left out. Standardised by the caller."""
+    def expand(x):
+        parts = []
+        for name, i in col.items():
+            if name in TRAITS:
+                levels = np.arange(int(xt[:, i].max()) + 1)
+                parts.append((x[:, i].astype(int)[:, None] == levels[None, :]).astype(float))
+            else:
+                parts.append(np.log1p(np.maximum(x[:, i], 0.0))[:, None])
+        return np.column_stack(parts)
+
+    ft, fe = expand(xt), expand(xe)
+    keep = ft.std(axis=0) > 1e-9
+    return ft[:, keep], fe[:, keep]
+
+
+TRAITS = ("plan", "country", "platform")
+
+
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else "target/ml-export/propensity.csv"
     with open(path) as f:
@@ -66,16 +92,22 @@ def main():
 
     def report(name, p):
         auc = roc_auc_score(ye, p)
-        print(f"  {name:<44} AUC {auc:.4f}  gap {truth_auc - auc:+.4f}  ECE {ece(p, ye):.4f}")
+        print(f"  {name:<58} AUC {auc:.4f}  gap {truth_auc - auc:+.4f}  ECE {ece(p, ye):.4f}")
 
     truth_auc = roc_auc_score(ye, truth[held])
     report("true probabilities", truth[held])
-    rf = RandomForestClassifier(n_estimators=40, max_depth=8, min_samples_leaf=20, n_jobs=-1, random_state=7)
-    report("RandomForest (40 trees, depth 8)", rf.fit(xt, yt).predict_proba(xe)[:, 1])
+    rf = RandomForestClassifier(
+        n_estimators=40, max_depth=8, min_samples_leaf=20, max_features=None, n_jobs=-1, random_state=7
+    )
+    report("RandomForest (40 trees, depth 8, all features)", rf.fit(xt, yt).predict_proba(xe)[:, 1])
     hgb = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, max_leaf_nodes=15, random_state=7)
     report("HistGradientBoosting (300 x 15 leaves)", hgb.fit(xt, yt).predict_proba(xe)[:, 1])
     lr = LogisticRegression(max_iter=2000, C=10.0)
     report("logistic, the simulator's form", lr.fit(designed(xt, col), yt).predict_proba(designed(xe, col))[:, 1])
+    additive_t, additive_e = additive(xt, xe, col)
+    scaler = StandardScaler().fit(additive_t)
+    lr = LogisticRegression(max_iter=3000, C=1.0).fit(scaler.transform(additive_t), yt)
+    report("logistic, one-hot traits + log1p (nudge's additive part)", lr.predict_proba(scaler.transform(additive_e))[:, 1])
 
 
 if __name__ == "__main__":

@@ -175,9 +175,10 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// The propensity forest: a goal within days is rare and its rate an additive mix of plan,
     /// country, tenure and activity, which steps of shallow trees on a sample of the features
-    /// approximate coarsely. Deeper trees that may split on every feature, on more rows, narrow
-    /// that gap (docs/ml.md has the measurements; 40 trees of depth 8 are where more stopped
-    /// helping).
+    /// approximate coarsely. Deeper trees that may split on every feature, on more rows, narrowed
+    /// that gap before the additive part existed (docs/ml.md has the measurements; 40 trees of
+    /// depth 8 are where more stopped helping); now the blend weighs the forest by what it adds
+    /// beyond the additive model.
     pub fn propensity_forest() -> ForestParams {
         ForestParams {
             trees: 40,

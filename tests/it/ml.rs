@@ -621,6 +621,9 @@ fn propensity_close_to_the_truth(max_gap: f64) {
     let (auc, auc_truth) = (roc_auc(&p, &y).unwrap(), roc_auc(&truth, &y).unwrap());
     let calibration = ece(&p, &y);
     let base_rate = y.iter().filter(|&&v| v).count() as f64 / y.len() as f64;
+    if let Model::Propensity(m) = &propensity.model {
+        eprintln!("propensity blend: {:?}", m.additive.as_ref().map(|a| a.blend));
+    }
     eprintln!(
         "propensity: {} held-out users, base rate {base_rate:.4}: AUC {auc:.4} vs {auc_truth:.4} for the true \
          probabilities, ECE {calibration:.4} (card: AUC {:.4}, ECE {:.4})",
