@@ -15,7 +15,7 @@ user's true probability) and scores, on the same held-out rows:
   other column, standardised): what the additive part of nudge's propensity model
   (src/ml/linear.rs) fits, so its AUC is the one to compare with nudge's.
 
-Results (50,000 users, 2026-12-03): docs/ml.md, "What remains of issue 6".
+Results (50,000 users, 2026-12-03): docs/ml.md, "How the propensity gap was closed".
 
 Usage:
   NUDGE_ML_USERS=50000 NUDGE_ML_EXPORT=target/ml-export \\

@@ -352,7 +352,10 @@ mod tests {
         ];
         let model = LinearModel::fit(x.view(), &f.labels, &kinds).expect("fits");
         // Expanded columns: plan = 0..3, then the two numerics; level 3 never occurs.
-        let expanded: Vec<(usize, Option<usize>)> = (0..4).map(|l| (0, Some(l))).chain([(1, None), (2, None)]).collect();
+        let expanded: Vec<(usize, Option<usize>)> = (0..4)
+            .map(|l| (0, Some(l)))
+            .chain([(1, None), (2, None)])
+            .collect();
         let kept: Vec<(usize, Option<usize>)> = expanded
             .into_iter()
             .zip(&f.kept)
@@ -364,9 +367,18 @@ mod tests {
         for (i, t) in model.terms.iter().enumerate() {
             assert!((t.mean - f.means[i]).abs() < 1e-9, "mean of {t:?}");
             assert!((t.scale - f.scales[i]).abs() < 1e-9, "scale of {t:?}");
-            assert!((t.weight - f.weights[i]).abs() < 2e-3, "{t:?} vs {}", f.weights[i]);
+            assert!(
+                (t.weight - f.weights[i]).abs() < 2e-3,
+                "{t:?} vs {}",
+                f.weights[i]
+            );
         }
-        assert!((model.intercept - f.intercept).abs() < 2e-3, "{} vs {}", model.intercept, f.intercept);
+        assert!(
+            (model.intercept - f.intercept).abs() < 2e-3,
+            "{} vs {}",
+            model.intercept,
+            f.intercept
+        );
         for (row, &p) in f.probe.iter().zip(&f.probe_probabilities) {
             let ours = sigmoid(model.logit(row));
             assert!((ours - p).abs() < 5e-4, "{row:?}: {ours} vs {p}");

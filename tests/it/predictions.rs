@@ -142,11 +142,20 @@ both_backends!(
         assert!(propensity["probability"].as_f64().unwrap() < 0.8);
         assert!(!propensity["path"].as_array().unwrap().is_empty(), "{d:#}");
         // The additive part says which columns moved the score, largest first.
-        let terms = propensity["terms"].as_array().unwrap_or_else(|| panic!("no terms: {d:#}"));
+        let terms = propensity["terms"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no terms: {d:#}"));
         assert!(!terms.is_empty() && terms.len() <= 5, "{d:#}");
-        let sizes: Vec<f64> = terms.iter().map(|t| t["log_odds"].as_f64().unwrap().abs()).collect();
+        let sizes: Vec<f64> = terms
+            .iter()
+            .map(|t| t["log_odds"].as_f64().unwrap().abs())
+            .collect();
         assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{d:#}");
-        assert!(terms.iter().all(|t| nudge::ml::features::PROPENSITY_COLUMNS.contains(&t["feature"].as_str().unwrap())));
+        assert!(
+            terms
+                .iter()
+                .all(|t| nudge::ml::features::PROPENSITY_COLUMNS.contains(&t["feature"].as_str().unwrap()))
+        );
         assert_eq!(d["send_time"]["source"], "model:send_time-v1", "{d:#}");
         assert_eq!(d["send_time"]["arm"], "predicted");
         assert!(!d["send_time"]["path"].as_array().unwrap().is_empty(), "{d:#}");
