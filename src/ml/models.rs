@@ -1762,6 +1762,44 @@ mod tests {
     }
 
     #[test]
+    fn a_propensity_model_stored_before_the_additive_part_still_serves_its_forest() {
+        let (_, history, now) = world(400);
+        let goal = Goal {
+            event: ORDER_COMPLETED.into(),
+            within_days: 7,
+        };
+        let trained = train(ModelKind::Propensity, Some(&goal), &history, &options(now)).unwrap();
+        let Model::Propensity(m) = &trained.model else {
+            panic!("a propensity model")
+        };
+        assert!(m.additive.is_some(), "enough rows for a blend");
+        let mut json = serde_json::to_value(&trained.model).unwrap();
+        json["Propensity"]
+            .as_object_mut()
+            .unwrap()
+            .remove("additive")
+            .expect("stored with its additive part");
+        let Model::Propensity(old) = serde_json::from_value::<Model>(json).unwrap() else {
+            panic!("a propensity model")
+        };
+        assert!(old.additive.is_none());
+        let mut differ = 0;
+        for user in history.users.iter().take(50) {
+            let events: Vec<&HistoryEvent> = history.events.iter().filter(|e| e.user_id == user.id).collect();
+            let f = old.space.features(user, &events, now);
+            if is_cold_start(&f) {
+                continue;
+            }
+            let (blended, alone) = (m.score(&f), old.score(&f));
+            assert!((alone.probability - old.forest.probability(&f.propensity_row())).abs() < 1e-12);
+            assert!(alone.terms.is_empty() && !blended.terms.is_empty());
+            assert_eq!(alone.path, blended.path);
+            differ += usize::from((alone.probability - blended.probability).abs() > 1e-6);
+        }
+        assert!(differ > 0, "the additive part changes scores");
+    }
+
+    #[test]
     fn too_little_data_is_an_error_not_a_model() {
         let (_, history, now) = world(20);
         let err = train(ModelKind::Channel, None, &history, &options(now)).unwrap_err();
