@@ -1763,7 +1763,9 @@ mod tests {
 
     #[test]
     fn a_propensity_model_stored_before_the_additive_part_still_serves_its_forest() {
-        let (_, history, now) = world(400);
+        // Enough users for 30 positives among the 20% of rows the blend is fitted on (1,500
+        // users give 28).
+        let (_, history, now) = world(2_500);
         let goal = Goal {
             event: ORDER_COMPLETED.into(),
             within_days: 7,
@@ -1772,7 +1774,11 @@ mod tests {
         let Model::Propensity(m) = &trained.model else {
             panic!("a propensity model")
         };
-        assert!(m.additive.is_some(), "enough rows for a blend");
+        assert!(
+            m.additive.is_some(),
+            "enough rows for a blend: {:?}",
+            (trained.card.train_rows, trained.card.positives)
+        );
         let mut json = serde_json::to_value(&trained.model).unwrap();
         json["Propensity"]
             .as_object_mut()
