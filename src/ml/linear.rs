@@ -1,5 +1,5 @@
 //! An additive logistic model, and the blend that puts it beside a forest. Self-contained (no
-//! nudge types), like [`crate::ml::trees`].
+//! nudge types; the logistic helpers of [`crate::ml::trees`]), like that module.
 //!
 //! Trees approximate an additive log-odds (a plan effect plus a country effect plus a smooth
 //! effect of activity) by steps, and a forest of depth-8 trees leaves a visible part of it on
@@ -21,6 +21,8 @@ use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
+
+use super::trees::{logit, sigmoid};
 
 /// How a column enters the additive model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,16 +228,6 @@ fn fit_logistic(design: Array2<f64>, y: &[bool], alpha: f64) -> Result<(Vec<f64>
         return Err(LinearError::NotFinite);
     }
     Ok((weights, intercept))
-}
-
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
-
-/// `ln(p / (1 − p))`, with `p` kept off 0 and 1.
-pub fn logit(p: f64) -> f64 {
-    let p = p.clamp(1e-6, 1.0 - 1e-6);
-    (p / (1.0 - p)).ln()
 }
 
 #[cfg(test)]

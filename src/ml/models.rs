@@ -61,7 +61,7 @@ use super::{
         self, CHANNELS, EMAIL_OPENED, Encoder, FeatureAccumulator, HOURS_OF_WEEK, MESSAGE_DELIVERED,
         ORDER_COMPLETED, PROPENSITY_COLUMNS, PUSH_OPENED, Population, Smoothing, UserFeatures,
     },
-    linear::{self, Blend, ColumnKind, LinearError, LinearModel},
+    linear::{Blend, ColumnKind, LinearError, LinearModel},
     metrics::{self, CalibrationBin},
     trees::{self, ForestParams, ProbabilityForest, TreeError},
 };
@@ -1499,7 +1499,7 @@ fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Resu
     check_enough(&train_rows, opts)?;
     let (fit_rows, blend_rows) = train_rows.split(BLEND_SHARE, seed);
     let blend_positives = blend_rows.positives();
-    let model = if blend_rows.len() >= MIN_BLEND_ROWS && blend_positives >= MIN_POSITIVES {
+    let (forest, additive) = if blend_rows.len() >= MIN_BLEND_ROWS && blend_positives >= MIN_POSITIVES {
         let forest = fit(&PROPENSITY_COLUMNS, &fit_rows, &opts.propensity_params)?;
         let kinds = propensity_kinds(&prep.space.encoder);
         let linear = LinearModel::fit(fit_rows.matrix().view(), &fit_rows.y, &kinds)?;
@@ -1510,20 +1510,19 @@ fn train_propensity(goal: &Goal, history: &History, opts: &TrainOptions) -> Resu
             })
             .unzip();
         let blend = Blend::fit(&logits, &forest_probs, &blend_rows.y)?;
-        PropensityModel {
-            space: prep.space.clone(),
-            goal: goal.clone(),
-            forest,
-            additive: Some(Additive { linear, blend }),
-        }
+        (forest, Some(Additive { linear, blend }))
     } else {
         // Too few rows to fit a blend on unseen rows: the forest alone, on all of them.
-        PropensityModel {
-            space: prep.space.clone(),
-            goal: goal.clone(),
-            forest: fit(&PROPENSITY_COLUMNS, &train_rows, &opts.propensity_params)?,
-            additive: None,
-        }
+        (
+            fit(&PROPENSITY_COLUMNS, &train_rows, &opts.propensity_params)?,
+            None,
+        )
+    };
+    let model = PropensityModel {
+        space: prep.space.clone(),
+        goal: goal.clone(),
+        forest,
+        additive,
     };
     let probs: Vec<f64> = eval_users.iter().map(|f| model.score(f).probability).collect();
     let base_rate = model.forest.forest.base_rate;
@@ -1576,7 +1575,7 @@ fn propensity_importance(model: &PropensityModel, rows: &Rows) -> Vec<(String, f
     let n = rows.len().max(1) as f64;
     let mut parts = vec![0.0; columns.len()];
     let forest_logits: Vec<f64> = (0..rows.len())
-        .map(|i| linear::logit(model.forest.probability(rows.row(i))))
+        .map(|i| trees::logit(model.forest.probability(rows.row(i))))
         .collect();
     let mean_forest = forest_logits.iter().sum::<f64>() / n;
     let forest_part = forest_logits

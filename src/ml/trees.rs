@@ -470,11 +470,13 @@ impl ProbabilityForest {
 
 const MIN_RECALIBRATION_ROWS: usize = 200;
 
-fn sigmoid(z: f64) -> f64 {
+/// The logistic function.
+pub fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-fn logit(p: f64) -> f64 {
+/// `ln(p / (1 − p))`, with `p` kept off 0 and 1.
+pub fn logit(p: f64) -> f64 {
     let p = p.clamp(1e-6, 1.0 - 1e-6);
     (p / (1.0 - p)).ln()
 }
