@@ -515,11 +515,12 @@ pub struct Additive {
 }
 
 impl Additive {
-    /// The largest contributions to a row's log-odds, named.
-    fn terms(&self, row: &[f64], columns: &[String]) -> Vec<Contribution> {
-        let mut terms: Vec<Contribution> = self
-            .linear
-            .contributions(row)
+    /// The blended probability of a row the forest gives `forest_probability`, and the largest
+    /// contributions to its log-odds, named (each column's part computed once for both).
+    fn score(&self, row: &[f64], forest_probability: f64, columns: &[String]) -> (f64, Vec<Contribution>) {
+        let parts = self.linear.contributions(row);
+        let logit = self.linear.intercept + parts.iter().map(|(_, p)| p).sum::<f64>();
+        let mut terms: Vec<Contribution> = parts
             .into_iter()
             .map(|(c, part)| Contribution {
                 feature: columns.get(c).cloned().unwrap_or_default(),
@@ -529,7 +530,7 @@ impl Additive {
             .collect();
         terms.sort_by(|a, b| b.log_odds.abs().total_cmp(&a.log_odds.abs()));
         terms.truncate(CONTRIBUTIONS_SHOWN);
-        terms
+        (self.blend.probability(logit, forest_probability), terms)
     }
 }
 
@@ -551,8 +552,7 @@ impl PropensityModel {
         let row = f.propensity_row();
         let mut scored = self.forest.scored(&row);
         if let Some(a) = &self.additive {
-            scored.probability = a.blend.probability(a.linear.logit(&row), scored.probability);
-            scored.terms = a.terms(&row, &self.forest.columns);
+            (scored.probability, scored.terms) = a.score(&row, scored.probability, &self.forest.columns);
         }
         scored
     }
