@@ -1,11 +1,15 @@
 //! Email: an [`EmailPayload`] built into a MIME message with lettre and handed to SMTP (pooled
 //! `AsyncSmtpTransport`, from `NUDGE_SMTP_URL`) or, by default, written as `.eml` files under
-//! `<outbox_dir>/email/` by lettre's file transport.
+//! `<outbox_dir>/email/` by lettre's file transport. lettre writes the file in place, so it writes
+//! into `<outbox_dir>/.partial/` and the finished file is renamed into `email/`: whoever reads the
+//! folder (a pickup script, a test, `grep`) sees whole messages or none.
 //!
 //! Every message carries `Message-ID: <idempotency_key@domain>` (fixed by the stored key, so a
 //! resend after a crash is recognisably the same message), `List-Unsubscribe` and
 //! `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058). SMTP errors are classified by
 //! reply code and enhanced status ([`super::retry::SmtpReply`]; a 5.1.x hard bounce suppresses the address); the SMTP URL is only ever logged redacted.
+
+use std::path::PathBuf;
 
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
@@ -118,7 +122,12 @@ pub fn classify_smtp_error(e: &smtp::Error) -> SendError {
 
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    Files(AsyncFileTransport<Tokio1Executor>),
+    Files {
+        /// lettre's transport, writing into the staging folder.
+        staging: AsyncFileTransport<Tokio1Executor>,
+        staging_dir: PathBuf,
+        dir: PathBuf,
+    },
 }
 
 /// The email channel: a transport, the sender address and the send-rate limit.
@@ -156,12 +165,23 @@ impl EmailSender {
             }
             None => {
                 let dir = config.outbox_dir.join("email");
-                std::fs::create_dir_all(&dir).map_err(|source| DeliveryError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
+                let staging_dir = config.outbox_dir.join(".partial");
+                for path in [&dir, &staging_dir] {
+                    std::fs::create_dir_all(path).map_err(|source| DeliveryError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
                 let target = format!("files in {}", dir.display());
-                (Transport::Files(AsyncFileTransport::new(dir)), target)
+                let staging = AsyncFileTransport::new(&staging_dir);
+                (
+                    Transport::Files {
+                        staging,
+                        staging_dir,
+                        dir,
+                    },
+                    target,
+                )
             }
         };
         Ok(EmailSender {
@@ -194,11 +214,20 @@ impl EmailSender {
                 .await
                 .map(drop)
                 .map_err(|e| classify_smtp_error(&e)),
-            Transport::Files(t) => t
-                .send(message)
-                .await
-                .map(drop)
-                .map_err(|e| SendError::transient(format!("cannot write the .eml file: {e}"))),
+            Transport::Files {
+                staging,
+                staging_dir,
+                dir,
+            } => {
+                let failed = |e: &dyn std::fmt::Display| {
+                    SendError::transient(format!("cannot write the .eml file: {e}"))
+                };
+                let id = staging.send(message).await.map_err(|e| failed(&e))?;
+                let name = format!("{id}.eml");
+                tokio::fs::rename(staging_dir.join(&name), dir.join(&name))
+                    .await
+                    .map_err(|e| failed(&e))
+            }
         }
     }
 }

@@ -154,6 +154,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// How long a test waits for the daemon to act. Generous: the suite shares two cores with the ML
+/// tests, and a wait ends as soon as its probe succeeds.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 async fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     eventually_async(what, timeout, || std::future::ready(probe())).await
 }
@@ -184,10 +188,7 @@ async fn readme_tour_sends_a_rendered_email() {
         200
     );
 
-    let mail = eventually("the welcome email", Duration::from_secs(10), || {
-        d.emails().into_iter().next()
-    })
-    .await;
+    let mail = eventually("the welcome email", PATIENCE, || d.emails().into_iter().next()).await;
     assert!(mail.contains("Subject: Welcome to Acme, Ada!"), "{mail}");
     assert!(mail.contains("To: ada@example.com"), "{mail}");
     assert!(mail.contains("List-Unsubscribe: <http://127.0.0.1:"), "{mail}");
@@ -211,7 +212,7 @@ async fn readme_tour_sends_a_rendered_email() {
             .await,
         200
     );
-    let log = eventually_async("grace's decision", Duration::from_secs(10), || async {
+    let log = eventually_async("grace's decision", PATIENCE, || async {
         let text = d.get_json("/v1/users/grace/messages").await.to_string();
         text.contains("held_out").then_some(text)
     })
@@ -240,7 +241,7 @@ async fn broken_rule_file_leaves_the_old_rules_serving() {
         "campaign: broken\nwhen:\n  event: x\nwait: 2 hours\nif:\n  - user.traits.plan ==\nthen:\n  channels: [email]\n  email: {subject: s, body: b}\n",
     )
     .unwrap();
-    eventually("the rejection in the log", Duration::from_secs(10), || {
+    eventually("the rejection in the log", PATIENCE, || {
         d.log().contains("RulesRejected").then_some(())
     })
     .await;
@@ -266,7 +267,7 @@ async fn broken_rule_file_leaves_the_old_rules_serving() {
             .await,
         200
     );
-    eventually("an email from the old rules", Duration::from_secs(10), || {
+    eventually("an email from the old rules", PATIENCE, || {
         (!d.emails().is_empty()).then_some(())
     })
     .await;
@@ -277,7 +278,7 @@ async fn broken_rule_file_leaves_the_old_rules_serving() {
         "campaign: broken\nwhen:\n  event: x\nwait: 2h\nthen:\n  channels: [email]\n  email: {subject: s, body: b}\n",
     )
     .unwrap();
-    eventually_async("the fixed campaign", Duration::from_secs(10), || async {
+    eventually_async("the fixed campaign", PATIENCE, || async {
         campaigns(&d.get_json("/v1/campaigns").await)
             .contains(&"broken".to_string())
             .then_some(())

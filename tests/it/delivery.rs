@@ -224,6 +224,13 @@ both_backends!(file_transports_write_eml_and_ndjson, |db: TestDb| async move {
 
     let files = eml_files(dir.path());
     assert_eq!(files.len(), 2);
+    let staged = std::fs::read_dir(dir.path().join(".partial"))
+        .expect("the staging folder")
+        .count();
+    assert_eq!(
+        staged, 0,
+        "every finished email is moved out of the staging folder"
+    );
     let ann = files
         .iter()
         .find(|f| f.contains("To: ann@example.com"))
