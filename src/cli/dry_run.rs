@@ -4,6 +4,8 @@
 //! `serve` runs, with a manual clock stepped from one due time (or cron firing) to the next, so
 //! the counts are what `serve` would have done with the same events. The scratch file is deleted
 //! afterwards. Caps checked at delivery time are not simulated (nothing is delivered).
+//! Predictions (`predict.*`, `send_time: predicted`, `choose: predicted`) come from the models
+//! in service in the deployment, scored on its history as it stood at each decision.
 
 use std::{collections::BTreeMap, fmt::Write, path::Path, sync::Arc};
 
@@ -15,6 +17,7 @@ use crate::{
     clock::{ManualClock, SharedClock},
     config::Settings,
     engine::{Engine, EngineConfig, cron},
+    ml::serving::Predictor,
     rules::{self, RulesHandle, Trigger},
     store::{CampaignOutcome, Store, Triggering},
     tracking::tokens::Signer,
@@ -152,7 +155,7 @@ pub async fn replay(
             node_id: "dry-run".into(),
             ..EngineConfig::default()
         };
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             scratch.clone(),
             handle.clone(),
             shared,
@@ -160,6 +163,15 @@ pub async fn replay(
             config,
         )
         .await?;
+        // The deployment's models in service and goal base rates, as `serve` loads them at start;
+        // features are read from the deployment's own history, cut off at each decision's time.
+        // Cached features last a millisecond of replay time: `serve` drops a user's cache when
+        // their events arrive, and here every event is stored up front.
+        let mut predictor = Predictor::default();
+        predictor.ttl = Duration::milliseconds(1);
+        predictor.reload(source, &handle.current(), from).await?;
+        engine.predictor = Arc::new(predictor);
+        engine.features_from = Some(source.clone());
 
         // Every event is stored up front (triggers keyed to their own timestamps); decisions then
         // happen in time order, each seeing only the events up to its own time.

@@ -90,6 +90,10 @@ pub struct Engine {
     pub transport_health: Arc<crate::delivery::TransportHealth>,
     /// The models in service and the users' cached features.
     pub predictor: Arc<Predictor>,
+    /// Where the features of predictions are read: the engine's own store unless set (`nudge
+    /// dry-run` decides in a scratch store but reads histories from the deployment's, so its
+    /// models see what `serve` saw).
+    pub features_from: Option<Store>,
 }
 
 impl Engine {
@@ -118,6 +122,7 @@ impl Engine {
             unknown_timezones: schedule::UnknownTimezones::default(),
             transport_health: Arc::default(),
             predictor: Arc::default(),
+            features_from: None,
         })
     }
 
@@ -209,7 +214,8 @@ impl Engine {
             .map(|e| e.user_id.as_str())
             .collect();
         if !predicted.is_empty() {
-            self.predictor.prefetch(&self.store, &predicted, now).await?;
+            let history = self.features_from.as_ref().unwrap_or(&self.store);
+            self.predictor.prefetch(history, &predicted, now).await?;
         }
         let mut decisions = Vec::with_capacity(claimed.len());
         for entry in claimed {

@@ -87,7 +87,7 @@ both_backends!(
     trained_models_serve_decisions_and_explain_them,
     |db: TestDb| async move {
         nudge::delivery::install_crypto_provider();
-        let (_dir, rules) = util::rules_dir(&[
+        let (dir, rules) = util::rules_dir(&[
             ("_global.yaml", GLOBAL),
             ("cart_nudge.yaml", CAMPAIGN),
             ("cart_timing.yaml", TIMING),
@@ -353,6 +353,43 @@ both_backends!(
         assert!(st.conversion.p_value > 0.0 && st.conversion.p_value <= 1.0);
         let table = nudge::experiments::report::render(&reports, "table".parse().unwrap());
         assert!(table.contains("send time predicted vs fixed 09:00"), "{table}");
+
+        // dry-run over the same moment decides as serve did: the models in service, scored on
+        // each user's history as it stood then, pick the same send times and channels.
+        let decided = |log: &[(String, String)]| {
+            let (_, detail) = log.iter().rev().find(|(k, _)| k == "scheduled")?;
+            let d: Value = serde_json::from_str(detail).unwrap();
+            let at: chrono::DateTime<chrono::Utc> = d["send_at"].as_str()?.parse().ok()?;
+            Some((d["channel"].as_str()?.to_string(), at))
+        };
+        let mut served = std::collections::BTreeMap::new();
+        for u in &testers {
+            if let Some(choice) = decided(&db.store.log_entries(u).await.unwrap()) {
+                served.insert(u.to_string(), choice);
+            }
+        }
+        let report = nudge::cli::replay(
+            &db.store,
+            util::load(dir.path()),
+            now,
+            now + Duration::hours(1),
+            500,
+        )
+        .await
+        .unwrap();
+        let replayed: std::collections::BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)> = report
+            .campaigns["cart_timing"]
+            .sample
+            .iter()
+            .map(|(user, channel, at)| (user.clone(), (channel.clone(), *at)))
+            .collect();
+        assert_eq!(replayed.len(), served.len());
+        let differ: Vec<_> = served
+            .iter()
+            .filter(|(u, choice)| replayed.get(*u) != Some(choice))
+            .map(|(u, choice)| (u, choice, replayed.get(u)))
+            .collect();
+        assert!(differ.is_empty(), "dry-run decided otherwise: {differ:#?}");
 
         // A second run records new versions; the report shows all of them.
         let again = training::run(&db.store, &rules, None, now, "test-node", &opts, &|_| {})
