@@ -1,6 +1,7 @@
 //! Throughput benchmarks, each beside a reference measured in the same run:
 //! - `rules/cel`: 20 campaigns × 3 CEL conditions evaluated for one user, vs the same conditions
-//!   as plain Rust closures (`rules/native`).
+//!   as plain Rust closures (`rules/native`); both from `nudge::bench::rules`, which `nudge bench`
+//!   measures over 1,000 users.
 //! - `ingest/http_batch`: events/s through `POST /v1/batch` (1,000-event batches) into SQLite, vs
 //!   `ingest/raw_insert`: the same rows inserted with sqlx in one transaction.
 //!
@@ -12,34 +13,12 @@ use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nudge::{
     engine::conditions::{self, EvalInput, Verdict},
-    rules::Condition,
     store::UserHistory,
 };
 use serde_json::{Value, json};
 
-fn campaign_conditions() -> Vec<Vec<Condition>> {
-    (0..20)
-        .map(|i| {
-            [
-                format!(r#"user.traits.plan != "enterprise_{i}""#),
-                format!("event.properties.cart_value >= {}", i + 1),
-                r#"count("session_started", "14d") >= 1"#.to_string(),
-            ]
-            .into_iter()
-            .map(|src| Condition {
-                program: Arc::new(cel::Program::compile(&src).expect("valid CEL")),
-                source: src,
-                location: "bench.yaml:1:1".into(),
-                propensity_of: Vec::new(),
-                uses_propensity: false,
-            })
-            .collect()
-        })
-        .collect()
-}
-
 fn bench_rules(c: &mut Criterion) {
-    let campaigns = campaign_conditions();
+    let campaigns = nudge::bench::rules::conditions().expect("valid CEL");
     let user = json!({"id": "u1", "traits": {"plan": "pro", "country": "DE"}});
     let event = json!({"name": "cart_updated", "properties": {"cart_value": 42.5}});
     let predict = json!({"propensity": 0.2});
@@ -67,28 +46,7 @@ fn bench_rules(c: &mut Criterion) {
             black_box(passed)
         })
     });
-    type Native = Box<dyn Fn(&Value, &Value, &UserHistory) -> bool>;
-    let native: Vec<Vec<Native>> = (0..20)
-        .map(|i| {
-            let plan = format!("enterprise_{i}");
-            let min = f64::from(i + 1);
-            vec![
-                Box::new(move |u: &Value, _: &Value, _: &UserHistory| {
-                    u["traits"]["plan"].as_str() != Some(plan.as_str())
-                }) as Native,
-                Box::new(move |_: &Value, e: &Value, _: &UserHistory| {
-                    e["properties"]["cart_value"].as_f64().unwrap_or(0.0) >= min
-                }),
-                Box::new(|_: &Value, _: &Value, h: &UserHistory| {
-                    h.counts
-                        .get(&("session_started".to_string(), "14d".to_string()))
-                        .copied()
-                        .unwrap_or(0)
-                        >= 1
-                }),
-            ]
-        })
-        .collect();
+    let native = nudge::bench::rules::closures();
     group.bench_function("native", |b| {
         b.iter(|| {
             let passed = native

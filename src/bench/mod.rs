@@ -12,7 +12,7 @@ mod ingest;
 mod latency;
 mod memory;
 mod ml;
-mod rules;
+pub mod rules;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,5 +1,6 @@
 //! Stage 2, rule evaluation: 20 campaigns × 3 CEL conditions over in-memory users on one core, vs
-//! the same conditions written as plain Rust closures.
+//! the same conditions written as plain Rust closures. The criterion bench (`benches/throughput.rs`)
+//! measures the same [`conditions`] against the same [`closures`].
 
 use std::{collections::HashMap, hint::black_box, sync::Arc, time::Instant};
 
@@ -17,7 +18,7 @@ const CAMPAIGNS: usize = 20;
 const USERS: usize = 1_000;
 
 pub(super) fn run(ctx: &Ctx) -> anyhow::Result<Vec<StageResult>> {
-    let campaigns = compiled()?;
+    let campaigns = conditions()?;
     let users: Vec<Value> = (0..USERS)
         .map(|i| {
             let plan = ["free", "pro", "enterprise_3"][i % 3];
@@ -74,28 +75,7 @@ pub(super) fn run(ctx: &Ctx) -> anyhow::Result<Vec<StageResult>> {
     black_box(passed);
 
     // Reference: the same conditions as closures over the same values.
-    type Native = Box<dyn Fn(&Value, &Value, &UserHistory) -> bool>;
-    let native: Vec<Vec<Native>> = (0..CAMPAIGNS)
-        .map(|i| {
-            let plan = format!("enterprise_{i}");
-            let min = (i + 1) as f64;
-            vec![
-                Box::new(move |u: &Value, _: &Value, _: &UserHistory| {
-                    u["traits"]["plan"].as_str() != Some(plan.as_str())
-                }) as Native,
-                Box::new(move |_: &Value, e: &Value, _: &UserHistory| {
-                    e["properties"]["cart_value"].as_f64().unwrap_or(0.0) >= min
-                }),
-                Box::new(|_: &Value, _: &Value, h: &UserHistory| {
-                    h.counts
-                        .get(&("session_started".to_string(), "14d".to_string()))
-                        .copied()
-                        .unwrap_or(0)
-                        >= 1
-                }),
-            ]
-        })
-        .collect();
+    let native = closures();
     let (mut evaluations, mut passed_native) = (0u64, 0usize);
     let started = Instant::now();
     while started.elapsed().as_secs_f64() < seconds {
@@ -131,8 +111,11 @@ pub(super) fn run(ctx: &Ctx) -> anyhow::Result<Vec<StageResult>> {
     Ok(vec![shared.met(m0), per_decision.met(m1)])
 }
 
+/// A condition written as a Rust closure over (user, event, history): the stage's reference.
+pub type Native = Box<dyn Fn(&Value, &Value, &UserHistory) -> bool>;
+
 /// 20 campaigns of 3 conditions: a trait, an event property and a `count()` of the history.
-fn compiled() -> anyhow::Result<Vec<Vec<Condition>>> {
+pub fn conditions() -> anyhow::Result<Vec<Vec<Condition>>> {
     (0..CAMPAIGNS)
         .map(|i| {
             [
@@ -153,6 +136,31 @@ fn compiled() -> anyhow::Result<Vec<Vec<Condition>>> {
                 })
             })
             .collect()
+        })
+        .collect()
+}
+
+/// The same 60 conditions as [`conditions`], as closures.
+pub fn closures() -> Vec<Vec<Native>> {
+    (0..CAMPAIGNS)
+        .map(|i| {
+            let plan = format!("enterprise_{i}");
+            let min = (i + 1) as f64;
+            vec![
+                Box::new(move |u: &Value, _: &Value, _: &UserHistory| {
+                    u["traits"]["plan"].as_str() != Some(plan.as_str())
+                }) as Native,
+                Box::new(move |_: &Value, e: &Value, _: &UserHistory| {
+                    e["properties"]["cart_value"].as_f64().unwrap_or(0.0) >= min
+                }),
+                Box::new(|_: &Value, _: &Value, h: &UserHistory| {
+                    h.counts
+                        .get(&("session_started".to_string(), "14d".to_string()))
+                        .copied()
+                        .unwrap_or(0)
+                        >= 1
+                }),
+            ]
         })
         .collect()
 }

@@ -8,7 +8,11 @@
 
 use chrono::Utc;
 
-use super::{IngestOutcome, Result, Store, WritePool, with_db};
+use super::{
+    IngestOutcome, Result, Store, WritePool,
+    ingest::{insert_events, properties_of},
+    with_db,
+};
 use crate::{
     clock::to_millis,
     events::{EventKind, IncomingEvent},
@@ -35,33 +39,19 @@ impl Store {
         }
         let received_at = to_millis(Utc::now());
         for transaction in plain.chunks(ROWS_PER_TRANSACTION) {
-            let mut stored = 0u64;
+            let mut stored = 0usize;
             with_db!(self, |pool| {
                 let mut tx = pool.begin_write(&self.gate).await?;
                 for rows in transaction.chunks(ROWS_PER_STATEMENT) {
-                    let mut properties = Vec::with_capacity(rows.len());
-                    for e in rows {
-                        properties.push(serde_json::to_string(&e.properties)?);
-                    }
-                    let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO events (message_id, user_id, kind, name, properties, ts, received_at) ",
-                    );
-                    insert.push_values(rows.iter().zip(&properties), |mut row, (e, props)| {
-                        row.push_bind(&e.message_id)
-                            .push_bind(&e.user_id)
-                            .push_bind(e.kind.as_str())
-                            .push_bind(e.name.as_deref())
-                            .push_bind(props)
-                            .push_bind(to_millis(e.timestamp))
-                            .push_bind(received_at);
-                    });
-                    insert.push(" ON CONFLICT (message_id) DO NOTHING");
-                    stored += insert.build().execute(&mut *tx).await?.rows_affected();
+                    let properties = properties_of(rows.iter().copied())?;
+                    let mut insert = insert_events(rows.iter().copied().zip(&properties), received_at);
+                    let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+                    stored += ids.len();
                 }
                 tx.commit().await?;
             });
-            outcome.stored += stored as usize;
-            outcome.duplicates += transaction.len() - stored as usize;
+            outcome.stored += stored;
+            outcome.duplicates += transaction.len() - stored;
         }
         Ok(outcome)
     }

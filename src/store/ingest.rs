@@ -17,6 +17,45 @@ use crate::{
 /// Rows per multi-row statement: 9 binds a row stays far below both backends' bind limits.
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// The events' properties as JSON text, to bind beside them in [`insert_events`].
+pub(super) fn properties_of<'a>(
+    events: impl ExactSizeIterator<Item = &'a IncomingEvent>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        out.push(serde_json::to_string(&e.properties)?);
+    }
+    Ok(out)
+}
+
+/// One multi-row INSERT of events (each with its properties' JSON text), on either backend: a
+/// `message_id` already stored is skipped, and the statement returns the ids it wrote.
+pub(super) fn insert_events<'a, DB: sqlx::Database>(
+    rows: impl Iterator<Item = (&'a IncomingEvent, &'a String)>,
+    received_at: i64,
+) -> sqlx::QueryBuilder<DB>
+where
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::new(
+        "INSERT INTO events (message_id, user_id, kind, name, properties, ts, received_at) ",
+    );
+    q.push_values(rows, |mut row, (e, props)| {
+        row.push_bind(&e.message_id)
+            .push_bind(&e.user_id)
+            .push_bind(e.kind.as_str())
+            .push_bind(e.name.as_deref())
+            .push_bind(props)
+            .push_bind(to_millis(e.timestamp))
+            .push_bind(received_at);
+    });
+    q.push(" ON CONFLICT (message_id) DO NOTHING RETURNING message_id");
+    q
+}
+
 /// What ingestion needs to turn track events into campaign entries.
 pub struct Triggering<'a> {
     pub rules: &'a RuleSet,
@@ -127,23 +166,8 @@ impl Store {
             // messageId is a no-op, also within one batch: its first occurrence is the stored one).
             let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
             for chunk in events.chunks(ROWS_PER_STATEMENT) {
-                let mut properties = Vec::with_capacity(chunk.len());
-                for e in chunk {
-                    properties.push(serde_json::to_string(&e.properties)?);
-                }
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO events (message_id, user_id, kind, name, properties, ts, received_at) ",
-                );
-                q.push_values(chunk.iter().zip(&properties), |mut row, (e, props)| {
-                    row.push_bind(&e.message_id)
-                        .push_bind(&e.user_id)
-                        .push_bind(e.kind.as_str())
-                        .push_bind(e.name.as_deref())
-                        .push_bind(props)
-                        .push_bind(to_millis(e.timestamp))
-                        .push_bind(received_at);
-                });
-                q.push(" ON CONFLICT (message_id) DO NOTHING RETURNING message_id");
+                let properties = properties_of(chunk.iter())?;
+                let mut q = insert_events(chunk.iter().zip(&properties), received_at);
                 let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
                 inserted.extend(ids);
             }
