@@ -1,5 +1,6 @@
-//! Email: an [`EmailPayload`] built into a MIME message with lettre and handed to SMTP (pooled
-//! `AsyncSmtpTransport`, from `NUDGE_SMTP_URL`) or, by default, written as `.eml` files under
+//! Email: an [`EmailPayload`] built into a MIME message with lettre and handed to SMTP (from
+//! `NUDGE_SMTP_URL`: `smtp://` through [`Relay`], `smtps://` through lettre's pooled
+//! `AsyncSmtpTransport`) or, by default, written as `.eml` files under
 //! `<outbox_dir>/email/` by lettre's file transport. lettre writes the file in place, so it writes
 //! into `<outbox_dir>/.partial/` and the finished file is renamed into `email/`: whoever reads the
 //! folder (a pickup script, a test, `grep`) sees whole messages or none.
@@ -23,6 +24,7 @@ use lettre::{
 use super::{
     DeliveryConfig, DeliveryError, SendError,
     rate::RateLimiter,
+    relay::{Relay, RelayError},
     retry::{SmtpReply, Verdict},
 };
 use crate::{
@@ -121,6 +123,9 @@ pub fn classify_smtp_error(e: &smtp::Error) -> SendError {
 }
 
 enum Transport {
+    /// `smtp://`: our sockets with `TCP_NODELAY` under lettre's SMTP client ([`Relay`]).
+    Relay(Relay),
+    /// `smtps://`: lettre's pooled transport.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
     Files {
         /// lettre's transport, writing into the staging folder.
@@ -156,12 +161,23 @@ impl EmailSender {
                 let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| {
                     DeliveryError::Config(format!("NUDGE_SMTP_URL `{shown}` is not usable: {e}"))
                 })?;
-                let pool = PoolConfig::new().max_size(u32::try_from(config.workers).unwrap_or(u32::MAX));
-                let transport = builder
-                    .timeout(Some(config.attempt_timeout))
-                    .pool_config(pool)
-                    .build();
-                (Transport::Smtp(transport), format!("SMTP {shown}"))
+                let relay = Relay::from_url(url, config.attempt_timeout, config.workers).map_err(|e| {
+                    DeliveryError::Config(format!("NUDGE_SMTP_URL `{shown}` is not usable: {e}"))
+                })?;
+                let transport = match relay {
+                    Some(relay) => Transport::Relay(relay),
+                    None => {
+                        let pool =
+                            PoolConfig::new().max_size(u32::try_from(config.workers).unwrap_or(u32::MAX));
+                        Transport::Smtp(
+                            builder
+                                .timeout(Some(config.attempt_timeout))
+                                .pool_config(pool)
+                                .build(),
+                        )
+                    }
+                };
+                (transport, format!("SMTP {shown}"))
             }
             None => {
                 let dir = config.outbox_dir.join("email");
@@ -209,6 +225,13 @@ impl EmailSender {
     pub async fn send(&self, to: &str, key: &str, payload: &EmailPayload) -> Result<(), SendError> {
         let message = build_message(&self.from, to, key, &self.domain, payload)?;
         match &self.transport {
+            Transport::Relay(relay) => relay
+                .send(message.envelope(), &message.formatted())
+                .await
+                .map_err(|e| match e {
+                    RelayError::Smtp(e) => classify_smtp_error(&e),
+                    RelayError::Connect(why) => SendError::transient(format!("SMTP {why}")),
+                }),
             Transport::Smtp(t) => t
                 .send(message)
                 .await

@@ -15,6 +15,7 @@ pub mod email;
 pub mod health;
 pub mod push;
 pub mod rate;
+pub mod relay;
 pub mod retry;
 mod worker;
 
