@@ -1,5 +1,6 @@
 //! Email over a real SMTP server on loopback (mailin-embedded): the message as received, a
-//! greylisting server (451 then accepted: one delivery), and a 550 (failed with the reply).
+//! greylisting server (451 then accepted: one delivery), a 550 (failed with the reply), and
+//! `?tls=required` against a server without STARTTLS (never sent in plain text).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -276,5 +277,49 @@ async fn rejection_550_fails_with_the_reply_as_reason() {
             .unwrap()
             .is_empty()
     );
+    db.cleanup().await;
+}
+
+/// `?tls=required` never falls back to plain text: against a server that offers no STARTTLS the
+/// send fails (transient: an operator can fix the server) and nothing reaches it; with
+/// `?tls=opportunistic` the same server gets the message in plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_is_never_downgraded() {
+    nudge::delivery::install_crypto_provider();
+    let db = TestDb::new(util::Backend::Sqlite, "smtp::starttls")
+        .await
+        .unwrap();
+    let dir = db.scratch();
+    let (accepted, url) = smtp_server(&[]);
+    let now = t(START);
+    let clock = nudge::clock::ManualClock::new(now);
+    let id = db
+        .store
+        .enqueue_message(&email("tls-1", "ann", "welcome", 0, now, false), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let send_with = |tls: &str| {
+        delivery(
+            &db.store,
+            rules_with_caps(vec![]),
+            Arc::new(clock.clone()),
+            DeliveryConfig {
+                smtp_url: Some(format!("{url}?tls={tls}")),
+                ..config(dir.path())
+            },
+        )
+    };
+    let report = send_with("required").run_until_idle_report().await.unwrap();
+    assert_eq!((report.sent, report.failed, report.retried), (0, 0, 1));
+    let row = db.store.outbox_message(id).await.unwrap().unwrap();
+    let reason = row.last_error.clone().unwrap_or_default();
+    assert!(reason.contains("STARTTLS"), "{row:?}");
+    assert!(accepted.lock().unwrap().is_empty());
+
+    clock.set(now + Duration::hours(1));
+    let report = send_with("opportunistic").run_until_idle_report().await.unwrap();
+    assert_eq!((report.sent, report.failed, report.retried), (1, 0, 0));
+    assert_eq!(accepted.lock().unwrap().len(), 1);
     db.cleanup().await;
 }
