@@ -19,13 +19,31 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `nudge serve` in a fresh folder holding a copy of the example rules.
-    pub fn start(envs: &[(&str, String)]) -> Daemon {
+    ///
+    /// The example rules keep a 5% global control group, hashed with a salt each deployment draws
+    /// at first start, so a fresh database would put one of the tests' users among the never
+    /// messaged now and then. The folder's database is created first with a salt that keeps
+    /// `users` out, as a deployment that drew it would.
+    pub async fn start_for(users: &[&str]) -> Daemon {
         nudge::delivery::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        copy_dir(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
-            &dir.path().join("rules"),
-        );
+        let rules_dir = dir.path().join("rules");
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"), &rules_dir);
+        let rules = nudge::rules::load_dir(&rules_dir).unwrap();
+        let salt = (0..)
+            .map(|i| format!("salt-{i}"))
+            .find(|salt| {
+                users
+                    .iter()
+                    .all(|user| !nudge::experiments::arms::in_control_group(&rules.global, salt, user))
+            })
+            .unwrap();
+        let url = format!("sqlite://{}", dir.path().join("nudge.db").display());
+        let store = nudge::store::Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        store.setting_or_insert("control_salt", || salt).await.unwrap();
+        store.close().await;
+
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nudge"));
         cmd.arg("serve")
@@ -36,9 +54,6 @@ impl Daemon {
             .env_remove("NUDGE_RULES")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
         let child = cmd.spawn().expect("nudge serve starts");
         let daemon = Daemon {
             child,
@@ -179,7 +194,7 @@ async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_tour_sends_a_rendered_email() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start_for(&["ada", "grace"]).await;
     let identify = json!({"userId": "ada", "traits": {"email": "ada@example.com", "first_name": "Ada", "plan": "pro", "timezone": "Europe/London"}});
     assert_eq!(d.post("/v1/identify", identify).await, 200);
     assert_eq!(
@@ -223,7 +238,7 @@ async fn readme_tour_sends_a_rendered_email() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_rule_file_leaves_the_old_rules_serving() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start_for(&["ada"]).await;
     let campaigns = |v: &Value| -> Vec<String> {
         v.as_array()
             .or_else(|| v["campaigns"].as_array())
