@@ -13,7 +13,7 @@
 //! The pool mirrors lettre's: an idle connection is checked with `NOOP` before reuse; one that
 //! failed (`has_broken`) is dropped, a healthy one goes back if fewer than `max_idle` wait.
 
-use std::{borrow::Cow, time::Duration};
+use std::time::Duration;
 
 use lettre::{
     address::Envelope,
@@ -133,7 +133,7 @@ impl Relay {
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(self.connect_error(e.to_string())),
-            Err(_) => return Err(self.connect_error(Cow::Borrowed("timed out"))),
+            Err(_) => return Err(self.connect_error("timed out")),
         };
         stream
             .set_nodelay(true)
