@@ -158,15 +158,16 @@ impl EmailSender {
         let (transport, target) = match &config.smtp_url {
             Some(url) => {
                 let shown = redact_url(url);
-                let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| {
+                let unusable = |e: &dyn std::fmt::Display| {
                     DeliveryError::Config(format!("NUDGE_SMTP_URL `{shown}` is not usable: {e}"))
-                })?;
-                let relay = Relay::from_url(url, config.attempt_timeout, config.workers).map_err(|e| {
-                    DeliveryError::Config(format!("NUDGE_SMTP_URL `{shown}` is not usable: {e}"))
-                })?;
+                };
+                let relay =
+                    Relay::from_url(url, config.attempt_timeout, config.workers).map_err(|e| unusable(&e))?;
                 let transport = match relay {
                     Some(relay) => Transport::Relay(relay),
                     None => {
+                        let builder =
+                            AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| unusable(&e))?;
                         let pool =
                             PoolConfig::new().max_size(u32::try_from(config.workers).unwrap_or(u32::MAX));
                         Transport::Smtp(
@@ -308,5 +309,34 @@ mod tests {
         let from: Mailbox = "nudge@localhost".parse().unwrap();
         let err = build_message(&from, "not an address", "k", "localhost", &payload(None)).unwrap_err();
         assert!(matches!(err, SendError::Permanent { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_smtp_url_is_refused_at_start_without_its_password() {
+        crate::delivery::install_crypto_provider();
+        for (url, says) in [
+            ("smtp://mailer:hunter2@mx.example?tls=maybe", "tls=maybe"),
+            ("ftp://mailer:hunter2@mx.example", "Unknown scheme"),
+        ] {
+            let config = DeliveryConfig {
+                smtp_url: Some(url.into()),
+                ..DeliveryConfig::default()
+            };
+            let Err(DeliveryError::Config(message)) = EmailSender::new(&config) else {
+                panic!("{url} was accepted");
+            };
+            assert!(
+                message.contains(says) && !message.contains("hunter2"),
+                "{message}"
+            );
+        }
+        let config = DeliveryConfig {
+            smtp_url: Some("smtps://mailer:hunter2@mx.example".into()),
+            ..DeliveryConfig::default()
+        };
+        assert!(matches!(
+            EmailSender::new(&config).map(|s| s.transport),
+            Ok(Transport::Smtp(_))
+        ));
     }
 }

@@ -27,7 +27,6 @@ use lettre::{
 use tokio::{net::TcpStream, sync::Mutex};
 
 /// How a `smtp://` URL asks for TLS.
-#[derive(Clone)]
 enum StartTls {
     No,
     /// `?tls=opportunistic`: STARTTLS when the server offers it.

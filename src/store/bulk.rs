@@ -45,8 +45,7 @@ impl Store {
                 for rows in transaction.chunks(ROWS_PER_STATEMENT) {
                     let properties = properties_of(rows.iter().copied())?;
                     let mut insert = insert_events(rows.iter().copied().zip(&properties), received_at);
-                    let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-                    stored += ids.len();
+                    stored += insert.build().execute(&mut *tx).await?.rows_affected() as usize;
                 }
                 tx.commit().await?;
             });

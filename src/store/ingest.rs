@@ -29,7 +29,8 @@ pub(super) fn properties_of<'a>(
 }
 
 /// One multi-row INSERT of events (each with its properties' JSON text), on either backend: a
-/// `message_id` already stored is skipped, and the statement returns the ids it wrote.
+/// `message_id` already stored is skipped. Ingestion appends `RETURNING message_id` to learn
+/// which were new; bulk loads only count them.
 pub(super) fn insert_events<'a, DB: sqlx::Database>(
     rows: impl Iterator<Item = (&'a IncomingEvent, &'a String)>,
     received_at: i64,
@@ -52,7 +53,7 @@ where
             .push_bind(to_millis(e.timestamp))
             .push_bind(received_at);
     });
-    q.push(" ON CONFLICT (message_id) DO NOTHING RETURNING message_id");
+    q.push(" ON CONFLICT (message_id) DO NOTHING");
     q
 }
 
@@ -168,6 +169,7 @@ impl Store {
             for chunk in events.chunks(ROWS_PER_STATEMENT) {
                 let properties = properties_of(chunk.iter())?;
                 let mut q = insert_events(chunk.iter().zip(&properties), received_at);
+                q.push(" RETURNING message_id");
                 let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
                 inserted.extend(ids);
             }
